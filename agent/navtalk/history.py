@@ -1,0 +1,119 @@
+"""The conversation store: user and assistant transcripts in SQLite on the device.
+
+Only user turns are replayed to NavTalk on connect (the server keeps the
+assistant's) [seed]; both are stored for the device's own record. Retention
+keeps the table bounded by age and by row count. Times are wall-clock seconds
+passed in by the caller (no clock reads here).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ConversationStore", "Role", "Turn"]
+
+logger = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS turns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    wall_s REAL NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    text TEXT NOT NULL,
+    session_id TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS turns_role_id ON turns (role, id);
+CREATE INDEX IF NOT EXISTS turns_wall ON turns (wall_s);
+"""
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    wall_s: float
+    role: Role
+    text: str
+    session_id: str = ""
+
+
+class ConversationStore:
+    """A SQLite file (or ``":memory:"``). Not thread-safe: use it from one thread."""
+
+    def __init__(self, path: str | Path, *, max_age_s: float = 0.0, max_rows: int = 0) -> None:
+        if str(path) != ":memory:":
+            path = Path(path).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = str(path)
+        self.max_age_s = max_age_s
+        self.max_rows = max_rows
+        self._db = sqlite3.connect(self.path, isolation_level=None)  # autocommit
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ConversationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def add(self, role: Role, text: str, *, wall_s: float, session_id: str = "") -> None:
+        """Store one turn (empty text is ignored)."""
+        text = text.strip()
+        if not text:
+            return
+        self._db.execute(
+            "INSERT INTO turns (wall_s, role, text, session_id) VALUES (?, ?, ?, ?)",
+            (wall_s, role.value, text, session_id),
+        )
+
+    def last_user_messages(self, n: int) -> list[str]:
+        """The last ``n`` user turns, oldest first (the replay order)."""
+        if n <= 0:
+            return []
+        rows = self._db.execute(
+            "SELECT text FROM turns WHERE role = 'user' ORDER BY id DESC LIMIT ?", (n,)
+        ).fetchall()
+        return [str(r[0]) for r in reversed(rows)]
+
+    def turns(self) -> list[Turn]:
+        rows = self._db.execute(
+            "SELECT wall_s, role, text, session_id FROM turns ORDER BY id"
+        ).fetchall()
+        return [Turn(float(r[0]), Role(r[1]), str(r[2]), str(r[3])) for r in rows]
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM turns").fetchone()[0])
+
+    def prune(self, *, wall_s: float) -> int:
+        """Apply retention: drop turns older than ``max_age_s`` and beyond ``max_rows``."""
+        removed = 0
+        if self.max_age_s > 0:
+            cur = self._db.execute("DELETE FROM turns WHERE wall_s < ?", (wall_s - self.max_age_s,))
+            removed += cur.rowcount
+        if self.max_rows > 0:
+            cur = self._db.execute(
+                "DELETE FROM turns WHERE id NOT IN (SELECT id FROM turns ORDER BY id DESC LIMIT ?)",
+                (self.max_rows,),
+            )
+            removed += cur.rowcount
+        if removed:
+            logger.info("= history: retention removed %d turns", removed)
+        return removed
+
+    def clear(self) -> int:
+        """Delete every turn; returns how many there were."""
+        cur = self._db.execute("DELETE FROM turns")
+        self._db.execute("VACUUM")
+        logger.info("= history cleared (%d turns)", cur.rowcount)
+        return int(cur.rowcount)

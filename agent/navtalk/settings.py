@@ -1,0 +1,98 @@
+"""Settings of the NavTalk link, the session service and the emulator.
+
+The NavTalk license is a secret: it is read only from the environment variable
+``NAVTALK_LICENSE`` (:func:`read_license`), never from a file, and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated
+
+import msgspec
+
+from agent.errors import ConfigError
+
+LICENSE_ENV = "NAVTALK_LICENSE"
+
+PosInt = Annotated[int, msgspec.Meta(gt=0)]
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+NonNegFloat = Annotated[float, msgspec.Meta(ge=0.0)]
+PosFloat = Annotated[float, msgspec.Meta(gt=0.0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class NavTalkSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = "wss://transfer.navtalk.ai/wss/v2/realtime-chat"  # base URL, without query
+    name: str = ""  # character name, e.g. "navtalk.Leo" (query `name`)
+    avatar_id: str = ""  # avatar id (query `avatarId`); wins over `name` when both are set
+    model: str = ""  # optional query `model` (e.g. "gpt-realtime"); empty = not sent
+    # The license is NOT a setting: it comes from the environment variable NAVTALK_LICENSE.
+
+
+class SessionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True  # run the session service at all
+    autostart: bool = True  # open the session when the service starts (else on control.session)
+    # --- history -----------------------------------------------------------------------------
+    history_enabled: bool = True  # store transcripts and replay user turns on connect
+    history_replay_count: NonNegInt = 3  # last N user messages replayed (0 = none)
+    history_db_path: str = "~/.local/share/navtalk-agent/history.sqlite3"  # SQLite file
+    history_max_age_s: NonNegFloat = 30 * 24 * 3600.0  # rows older than this are deleted (0=keep)
+    history_max_rows: NonNegInt = 10_000  # keep at most this many rows (0 = no limit)
+    # --- tools -------------------------------------------------------------------------------
+    declare_tools: bool = True  # send realtime.input_function_call with the tool catalog
+    catalog_wait_ms: NonNegInt = 1000  # wait this long for tool.catalog before opening the socket
+    tool_timeout_ms: PosInt = 10_000  # a tool call with no result by then gets an error output
+    send_session_update: bool = False  # also send the OpenAI-style session.update (hotel client)
+    # --- audio -------------------------------------------------------------------------------
+    audio_only: bool = False  # no WebRTC media: publish audio.delta on navtalk.audio.delta
+    preroll_ms: NonNegInt = 500  # ask the mic for this much audio on session start (0 = off)
+    max_audio_backlog_ms: PosInt = 2000  # mic audio held while not ready, oldest dropped
+    # --- connection --------------------------------------------------------------------------
+    connect_timeout_s: PosFloat = 10.0  # WebSocket opening handshake timeout
+    ping_interval_s: NonNegFloat = 20.0  # WebSocket keepalive ping (0 = off)
+    reconnect: bool = True  # reconnect after transient failures
+    reconnect_initial_s: PosFloat = 0.5  # first backoff delay
+    reconnect_max_s: PosFloat = 30.0  # backoff ceiling
+    reconnect_factor: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0  # growth per attempt
+    reconnect_jitter: Fraction = 0.25  # +/- this fraction of each delay, random
+    reconnect_max_attempts: NonNegInt = 0  # consecutive failed attempts before giving up (0 = ∞)
+    state_interval_s: PosFloat = 5.0  # session.state is republished this often
+
+
+class EmulatorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    embedded: bool = False  # the supervisor runs the emulator and points the session at it
+    host: str = "127.0.0.1"  # listen address
+    port: Port = 8765  # listen port (0 = any free port)
+    tls: bool = False  # wss:// with a self-signed certificate generated at start
+    script_path: str = ""  # rules file (TOML); empty = the built-in default_script.toml
+    webrtc: bool = True  # offer WebRTC (avatar video + voice) after connected.success
+    send_audio_deltas: bool = True  # also send realtime.response.audio.delta
+    video_width: PosInt = 512  # avatar video size
+    video_height: PosInt = 512
+    video_fps: Annotated[int, msgspec.Meta(gt=0, le=60)] = 25
+    tts_voice: str = "en-us"  # espeak-ng voice
+    tts_words_per_minute: Annotated[int, msgspec.Meta(ge=80, le=450)] = 160
+    vad_mode: Annotated[int, msgspec.Meta(ge=0, le=3)] = 3  # webrtcvad aggressiveness
+    vad_start_ms: PosInt = 90  # voiced audio needed before speech_started
+    vad_end_ms: PosInt = 600  # silence needed before speech_stopped
+    pace: PosFloat = 1.0  # audio.delta pacing: 1.0 = real time, larger = faster
+    # --- fault injection (also triggered by license values, see agent.emulator.brain) ----------
+    reject_license: bool = False  # answer every connection with conversation.connected.fail
+    insufficient_balance: bool = False  # send insufficient_balance then close
+    duplicate_name_warning: bool = False  # send conversation.connected.warning after success
+    drop_after_s: NonNegFloat = 0.0  # drop the socket (no close frame) after N s (0 = never)
+    malformed_frames: bool = False  # interleave malformed and unknown frames
+
+
+def read_license(environ: Mapping[str, str] | None = None) -> str:
+    """The NavTalk license, from ``NAVTALK_LICENSE`` only. Raises ConfigError when unset."""
+    env = os.environ if environ is None else environ
+    value = env.get(LICENSE_ENV, "").strip()
+    if not value:
+        raise ConfigError(
+            f"{LICENSE_ENV} is not set: the NavTalk license comes from the environment only"
+        )
+    return value

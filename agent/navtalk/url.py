@@ -1,0 +1,64 @@
+"""The NavTalk connection URL, and redaction of the license from any text.
+
+The license rides in the URL query (``?license=...``), so every string that may
+contain the URL or the license (log lines, errors, bus messages) goes through
+:func:`redact` first. A license passed to :func:`build_url` or
+:func:`register_secret` is also removed wherever it appears literally.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+__all__ = ["REDACTED", "build_url", "redact", "register_secret"]
+
+REDACTED = "***"
+_MIN_SECRET_LEN = 4  # shorter strings would redact ordinary words
+
+_lock = threading.Lock()
+_secrets: set[str] = set()
+# `license=` in a query string, a JSON object, or key=value text; value up to a delimiter.
+_LICENSE_PARAM = re.compile(r"""(?i)(license["']?\s*[=:]\s*["']?)([^&\s"'<>,;}]+)""")
+
+
+def register_secret(secret: str) -> None:
+    """Remember ``secret`` so :func:`redact` removes it wherever it appears."""
+    if len(secret) >= _MIN_SECRET_LEN:
+        with _lock:
+            _secrets.add(secret)
+
+
+def redact(text: str) -> str:
+    """``text`` with every known license and every ``license=...`` value replaced by ``***``."""
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    for secret in secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return _LICENSE_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
+
+
+def build_url(
+    base_url: str, license: str, *, name: str = "", avatar_id: str = "", model: str = ""
+) -> str:
+    """The connection URL: ``base_url`` + ``license`` + ``avatarId`` (wins) or ``name``.
+
+    Existing query parameters of ``base_url`` are kept. Registers the license as a secret.
+    """
+    if not license:
+        raise ValueError("a license is required")
+    if not (name or avatar_id):
+        raise ValueError("a character name or an avatarId is required")
+    register_secret(license)
+    params: list[tuple[str, str]] = [("license", license)]
+    if avatar_id:  # [seed]: avatarId wins when both are given
+        params.append(("avatarId", avatar_id))
+    else:
+        params.append(("name", name))
+    if model:
+        params.append(("model", model))
+    parts = urlsplit(base_url)
+    query = "&".join(q for q in (parts.query, urlencode(params)) if q)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
