@@ -1,0 +1,7 @@
+"""python -m agent == navtalk-agent."""
+
+import sys
+
+from agent.cli import main
+
+sys.exit(main())

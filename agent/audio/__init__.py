@@ -1,0 +1,1 @@
+"""Audio helpers shared by the mic and speaker: resampling, VAD turn logic, jitter buffer."""

@@ -1,0 +1,174 @@
+"""The ``navtalk-agent`` command.
+
+::
+
+    navtalk-agent run      [--config FILE]            the whole agent under the supervisor
+    navtalk-agent service  NAME [--config FILE]       one service alone (systemd, other boards)
+    navtalk-agent proxy    [--config FILE]            only the bus proxy
+    navtalk-agent tap      [PREFIX...] [--endpoint URI] [--json]   watch the bus
+    navtalk-agent emulator [--host H] [--port P] [--tls]           local NavTalk server
+    navtalk-agent devices                              list audio devices
+    navtalk-agent history clear [--config FILE]        forget the stored conversation
+    navtalk-agent config check FILE | show [--config FILE]
+
+Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+import msgspec
+
+from agent import __version__, topics
+from agent.config import Settings, load
+from agent.errors import NavtalkAgentError
+from agent.logs import setup_logging
+
+log = logging.getLogger("agent.cli")
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="TOML profile (default: built-in defaults; see config/default.toml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="navtalk-agent",
+        description="Edge agent for a NavTalk realtime digital human on a robot or kiosk.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the whole agent under the supervisor")
+    _add_config(p)
+    p.add_argument(
+        "--only", nargs="+", metavar="NAME", choices=topics.SERVICES, help="start only these"
+    )
+
+    p = sub.add_parser("service", help="run one service alone")
+    p.add_argument("name", choices=topics.SERVICES)
+    _add_config(p)
+
+    p = sub.add_parser("proxy", help="run only the bus proxy")
+    _add_config(p)
+
+    p = sub.add_parser("tap", help="print live bus traffic (payloads as sizes)")
+    p.add_argument("prefixes", nargs="*", metavar="TOPIC_PREFIX", help="e.g. navtalk. tool.")
+    p.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="URI",
+        help="proxy subscribe endpoint(s) to read (default: both planes from the config)",
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages")
+    p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S s")
+    _add_config(p)
+
+    p = sub.add_parser("emulator", help="run the local NavTalk emulator")
+    _add_config(p)
+    try:
+        from agent.emulator import server as emulator_server
+
+        emulator_server.add_cli_arguments(p)
+    except ImportError as exc:  # pragma: no cover - only while the emulator is missing
+        p.set_defaults(_emulator_missing=str(exc))
+
+    sub.add_parser("devices", help="list audio input and output devices")
+
+    p = sub.add_parser("history", help="manage the stored conversation history")
+    p.add_argument("action", choices=["clear"])
+    _add_config(p)
+
+    p = sub.add_parser("config", help="check or show a configuration")
+    p.add_argument("action", choices=["check", "show"])
+    p.add_argument("file", nargs="?", help="the profile to check")
+    _add_config(p)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load(getattr(args, "file", None) or getattr(args, "config", None))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except NavtalkAgentError as exc:
+        print(f"navtalk-agent: error: {exc}", file=sys.stderr)
+        return 2 if exc.__class__.__name__ == "ConfigError" else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd == "devices":
+        from hardware.audio import list_devices
+
+        print(list_devices())
+        return 0
+    settings = _settings(args)
+    if cmd == "config":
+        if args.action == "show":
+            print(msgspec.json.format(msgspec.json.encode(settings)).decode())
+        else:
+            print(f"{settings.source or 'defaults'}: ok")
+        return 0
+    if cmd == "tap":
+        from agent.tap import run_tap
+
+        endpoints = args.endpoint or [settings.bus.control.subscribe, settings.bus.media.subscribe]
+        return run_tap(
+            endpoints,
+            args.prefixes,
+            sys.stdout,
+            as_json=args.json,
+            count=args.count,
+            duration_s=args.duration,
+        )
+    process = {"service": getattr(args, "name", ""), "run": "supervisor"}.get(cmd, cmd)
+    setup_logging(settings.log, process, verbose=args.verbose)
+    if cmd == "run":
+        from agent.supervisor import Supervisor
+
+        sup = Supervisor(settings, config_path=args.config, only=args.only)
+        return asyncio.run(sup.run())
+    if cmd == "service":
+        from agent.runtime import serve
+
+        return asyncio.run(serve(args.name, settings))
+    if cmd == "proxy":
+        from agent.supervisor import run_proxy_forever
+
+        run_proxy_forever(settings)
+        return 0
+    if cmd == "emulator":
+        missing = getattr(args, "_emulator_missing", None)
+        if missing:
+            print(f"navtalk-agent: the emulator is not available: {missing}", file=sys.stderr)
+            return 1
+        from agent.emulator import server as emulator_server
+
+        code: int = emulator_server.main(args, settings)
+        return code
+    if cmd == "history":
+        from services.session import clear_history
+
+        n = clear_history(settings)
+        print(f"history cleared: {n} message(s) removed")
+        return 0
+    raise AssertionError(f"unhandled command {cmd}")

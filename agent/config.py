@@ -1,0 +1,191 @@
+"""Configuration: TOML profiles loaded into one frozen, typed tree.
+
+Every setting has a default, so a profile lists only what it changes
+(``config/default.toml`` lists and explains every one). A bad value stops the
+start with one :class:`~agent.errors.ConfigError` that names the file, the
+key, the value and what is allowed::
+
+    config/robot.toml: mic.vad_aggressiveness = 7: Expected `int` <= 3
+
+Secrets (the NavTalk license) are read only from the environment
+(``NAVTALK_LICENSE``), never from a file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from agent.audio.settings import MicSettings, SpeakerSettings
+from agent.errors import ConfigError
+from agent.navtalk.settings import EmulatorSettings, NavTalkSettings, SessionSettings
+from agent.tools.settings import ToolsSettings
+from agent.video.settings import CameraSettings, DisplaySettings
+
+__all__ = [
+    "BusSettings",
+    "LogSettings",
+    "PlaneEndpoints",
+    "Settings",
+    "SupervisorSettings",
+    "default_settings",
+    "load",
+    "loads",
+]
+
+LICENSE_ENV = "NAVTALK_LICENSE"
+
+Endpoint = Annotated[str, msgspec.Meta(pattern=r"^(ipc|tcp|inproc)://.+")]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class PlaneEndpoints(_Section, frozen=True, kw_only=True):
+    publish: Endpoint  # where services' PUB sockets connect (the proxy's XSUB binds here)
+    subscribe: Endpoint  # where services' SUB sockets connect (the proxy's XPUB binds here)
+    hwm: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]  # high-water mark, messages
+
+
+def _ipc(name: str) -> str:
+    return f"ipc:///tmp/navtalk-agent/{name}"
+
+
+class BusSettings(_Section, frozen=True, kw_only=True):
+    # Control plane: events, tool calls, signaling. Large HWM: must not drop.
+    control: PlaneEndpoints = PlaneEndpoints(
+        publish=_ipc("control-in"), subscribe=_ipc("control-out"), hwm=100_000
+    )
+    # Media plane: audio frames. Small HWM (~2 s of 20 ms frames): drops when a reader lags.
+    media: PlaneEndpoints = PlaneEndpoints(
+        publish=_ipc("media-in"), subscribe=_ipc("media-out"), hwm=100
+    )
+
+
+class SupervisorSettings(_Section, frozen=True, kw_only=True):
+    heartbeat_interval_s: PositiveFloat = 1.0  # how often each service says it is alive
+    heartbeat_timeout_s: PositiveFloat = 6.0  # silent this long => restarted
+    startup_grace_s: PositiveFloat = 20.0  # time a new process gets before its first heartbeat
+    restart_initial_s: PositiveFloat = 0.5  # first restart delay; doubles each time
+    restart_max_s: PositiveFloat = 15.0  # restart delay cap
+    crash_loop_restarts: Annotated[int, msgspec.Meta(ge=1)] = 5  # this many restarts ...
+    crash_loop_window_s: PositiveFloat = 60.0  # ... within this window => give up on it
+    stop_timeout_s: PositiveFloat = 4.0  # SIGTERM -> SIGKILL grace on shutdown
+    # Pin processes to CPU cores, e.g. { mic = [0], display = [1] }. Empty: no pinning.
+    cpu_affinity: dict[str, list[Annotated[int, msgspec.Meta(ge=0)]]] = {}
+    # Prometheus metrics endpoint of the supervisor (0 = off). Bound to metrics_host.
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    metrics_host: str = "127.0.0.1"
+    # Order in which services start (each also needs its section's `enabled = true`).
+    services: tuple[Literal["tools", "speaker", "display", "mic", "session"], ...] = (
+        "tools",
+        "speaker",
+        "display",
+        "mic",
+        "session",
+    )
+
+
+class LogSettings(_Section, frozen=True, kw_only=True):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Directory for one log file per process ("" = stderr only).
+    dir: str = ""
+    # Per-logger levels, e.g. { "aioice" = "WARNING" }.
+    levels: dict[str, Literal["DEBUG", "INFO", "WARNING", "ERROR"]] = msgspec.field(
+        default_factory=lambda: {"aioice": "WARNING", "aiortc": "WARNING", "websockets": "WARNING"}
+    )
+
+
+class Settings(_Section, frozen=True, kw_only=True):
+    bus: BusSettings = BusSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    log: LogSettings = LogSettings()
+    navtalk: NavTalkSettings = NavTalkSettings()
+    session: SessionSettings = SessionSettings()
+    emulator: EmulatorSettings = EmulatorSettings()
+    mic: MicSettings = MicSettings()
+    speaker: SpeakerSettings = SpeakerSettings()
+    display: DisplaySettings = DisplaySettings()
+    camera: CameraSettings = CameraSettings()
+    tools: ToolsSettings = ToolsSettings()
+    # The file these settings came from ("" = built-in defaults). Set by load(); not a TOML key.
+    source: str = ""
+
+
+def default_settings() -> Settings:
+    return Settings()
+
+
+_PATH_RE = re.compile(r"`\$((?:\.[A-Za-z0-9_\-]+|\[\d+\])*)`")
+
+
+def _lookup(raw: Any, path: str) -> tuple[bool, Any]:
+    """Walk ``.a.b[2]`` in ``raw``; (found, value)."""
+    cur = raw
+    for key, index in re.findall(r"\.([A-Za-z0-9_\-]+)|\[(\d+)\]", path):
+        try:
+            cur = cur[key] if key else cur[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return False, None
+    return True, cur
+
+
+def _explain(exc: msgspec.ValidationError, raw: dict[str, Any], origin: str) -> ConfigError:
+    text = str(exc)
+    match = _PATH_RE.search(text)
+    path = match.group(1) if match else ""
+    reason = text[: match.start()].rstrip(" -") if match else text
+    key = path.lstrip(".") or "(top level)"
+    unknown = re.match(r"Object contains unknown field `([^`]+)`", reason)
+    if unknown:
+        key = f"{key}.{unknown.group(1)}" if path else unknown.group(1)
+        return ConfigError(f"{origin}: unknown setting {key!r} (see config/default.toml)")
+    found, value = _lookup(raw, path)
+    shown = f" = {value!r}" if found else ""
+    return ConfigError(f"{origin}: {key}{shown}: {reason}")
+
+
+def loads(text: str, origin: str = "<config>") -> Settings:
+    """Parse TOML text into Settings, raising ConfigError with the key on any problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
+    if "source" in raw:
+        raise ConfigError(f"{origin}: unknown setting 'source' (see config/default.toml)")
+    for secret in ("license", "navtalk_license"):
+        nav = raw.get("navtalk")
+        if secret in raw or (isinstance(nav, dict) and secret in nav):
+            raise ConfigError(
+                f"{origin}: the license must not be stored in a file; "
+                f"set the {LICENSE_ENV} environment variable instead"
+            )
+    try:
+        settings = msgspec.convert(raw, Settings, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _explain(exc, raw, origin) from None
+    return msgspec.structs.replace(settings, source=origin)
+
+
+def load(path: str | os.PathLike[str] | None) -> Settings:
+    """Load a TOML profile; ``None`` gives the built-in defaults."""
+    if path is None:
+        return default_settings()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+    return loads(text, origin=str(p))
+
+
+def navtalk_license() -> str:
+    """The NavTalk license from the environment ("" when unset)."""
+    return os.environ.get(LICENSE_ENV, "").strip()

@@ -1,0 +1,129 @@
+"""Runs one service as a process: logging, signals, heartbeats, clean shutdown.
+
+The service itself is ``services.<name>.run(settings, bus)``. The runtime
+gives it its own :class:`~agent.bus.Bus`, and keeps a second, private bus
+connection for heartbeats (``health.<name>``) and ``control.shutdown``, so a
+service's message loop never has to know about either. A heartbeat comes
+from the event loop itself: a service that blocks its loop goes silent and
+the supervisor restarts it.
+
+Exit codes: 0 after a clean stop (SIGTERM, SIGINT, ``control.shutdown``),
+1 when the service failed, 2 for a configuration error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from agent import topics
+from agent.bus import Bus
+from agent.config import Settings
+from agent.messages import Heartbeat, Shutdown
+
+log = logging.getLogger(__name__)
+
+
+class ServiceMain(Protocol):
+    def __call__(self, settings: Settings, bus: Bus) -> Awaitable[None]: ...
+
+
+def load_service(name: str) -> ServiceMain:
+    if name not in topics.SERVICES:
+        raise ValueError(f"unknown service {name!r}; services are: {', '.join(topics.SERVICES)}")
+    module = importlib.import_module(f"services.{name}")
+    run: ServiceMain = module.run
+    return run
+
+
+async def heartbeat_loop(
+    bus: Bus, name: str, interval_s: float, status: Callable[[], str] = lambda: "ok"
+) -> None:
+    started = time.monotonic()
+    pid = os.getpid()
+    while True:
+        st = status()
+        bus.publish(
+            f"health.{name}",
+            Heartbeat(
+                service=name,
+                pid=pid,
+                status=st if st in ("starting", "ok", "degraded", "stopping") else "ok",  # type: ignore[arg-type]
+                uptime_s=time.monotonic() - started,
+            ),
+        )
+        await asyncio.sleep(interval_s)
+
+
+async def _wait_shutdown(bus: Bus) -> str:
+    async for delivery in bus:
+        if isinstance(delivery.msg, Shutdown):
+            return delivery.msg.reason or "control.shutdown"
+    return "bus closed"
+
+
+async def serve(name: str, settings: Settings, main: ServiceMain | None = None) -> int:
+    """Run service ``name`` until it ends, fails, or is told to stop. Returns an exit code."""
+    main = main or load_service(name)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    stop_reason: list[str] = []
+
+    def on_signal(signum: int) -> None:
+        stop_reason.append(signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    control = Bus(settings.bus, f"{name}.runtime")
+    control.subscribe(topics.CONTROL_SHUTDOWN)
+    await control.start()
+    bus = Bus(settings.bus, name)
+    service = asyncio.create_task(main(settings, bus), name=f"service-{name}")
+    beats = asyncio.create_task(
+        heartbeat_loop(control, name, settings.supervisor.heartbeat_interval_s), name="heartbeat"
+    )
+    shutdown = asyncio.create_task(_wait_shutdown(control), name="shutdown-listener")
+    stopper = asyncio.create_task(stop.wait(), name="signal-wait")
+    log.info("= %s started (pid %d)", name, os.getpid())
+    code = 0
+    try:
+        done, _ = await asyncio.wait(
+            {service, shutdown, stopper}, return_when=asyncio.FIRST_COMPLETED
+        )
+        if service in done:
+            exc = service.exception()
+            if exc is not None:
+                log.error("%s failed", name, exc_info=exc)
+                code = 1
+            else:
+                log.info("= %s finished", name)
+        else:
+            reason = shutdown.result() if shutdown in done else ", ".join(stop_reason)
+            log.info("= %s stopping (%s)", name, reason)
+    finally:
+        for task in (service, beats, shutdown, stopper):
+            task.cancel()
+        for task in (service, beats, shutdown, stopper):
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await asyncio.wait_for(task, timeout=settings.supervisor.stop_timeout_s)
+                except TimeoutError:
+                    log.error("%s: task %s did not stop in time", name, task.get_name())
+                except Exception:
+                    if task is service and code == 0:
+                        log.exception("%s failed while stopping", name)
+        await bus.close()
+        await control.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("= %s stopped (exit %d)", name, code)
+    return code

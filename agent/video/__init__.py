@@ -1,0 +1,1 @@
+"""Video helpers for the display: WebRTC peer policy, rendering, captions."""

@@ -1,0 +1,1 @@
+"""Device backends behind narrow interfaces: audio, screen, camera."""

@@ -1,0 +1,1 @@
+"""One module per process: mic, session, speaker, display, tools."""

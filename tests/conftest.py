@@ -1,0 +1,58 @@
+"""Shared fixtures: a real bus proxy on ipc:// in a short temp dir, and bus clients."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.bus import Bus, Proxy
+from agent.config import BusSettings, PlaneEndpoints
+
+MakeBus = Callable[..., Awaitable[Bus]]
+
+
+def ipc_bus_settings(directory: str, *, media_hwm: int = 100) -> BusSettings:
+    return BusSettings(
+        control=PlaneEndpoints(
+            publish=f"ipc://{directory}/c-in", subscribe=f"ipc://{directory}/c-out", hwm=100_000
+        ),
+        media=PlaneEndpoints(
+            publish=f"ipc://{directory}/m-in", subscribe=f"ipc://{directory}/m-out", hwm=media_hwm
+        ),
+    )
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short temp dir (ipc:// paths must stay under ~100 characters)."""
+    d = tempfile.mkdtemp(prefix="nt-")
+    yield Path(d)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def bus_settings(short_tmp: Path) -> Iterator[BusSettings]:
+    settings = ipc_bus_settings(str(short_tmp))
+    with Proxy(settings):
+        yield settings
+
+
+@pytest.fixture
+async def make_bus(bus_settings: BusSettings) -> AsyncIterator[MakeBus]:
+    made: list[Bus] = []
+
+    async def factory(sender: str, *topics: str, **kwargs: int) -> Bus:
+        bus = Bus(bus_settings, sender, **kwargs)
+        if topics:
+            bus.subscribe(*topics)
+        await bus.start()
+        made.append(bus)
+        return bus
+
+    yield factory
+    for bus in made:
+        await bus.close()

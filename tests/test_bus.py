@@ -1,0 +1,203 @@
+"""The real proxy over ipc:// and tcp://127.0.0.1, with real pyzmq sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+import zmq
+
+from agent import topics
+from agent.bus import Bus, Proxy
+from agent.config import BusSettings, PlaneEndpoints
+from agent.errors import BusError
+from agent.messages import (
+    AudioFrame,
+    Envelope,
+    Heartbeat,
+    ToolCall,
+    ToolResult,
+    UserTranscript,
+    encode_envelope,
+)
+from tests.conftest import MakeBus
+
+PCM = bytes(range(256)) * 3 + bytes(192)  # 960 bytes = 20 ms at 24 kHz mono
+
+
+def _frame(i: int = 0) -> AudioFrame:
+    return AudioFrame(sample_rate_hz=24000, capture_mono_ns=time.monotonic_ns(), stream_id=str(i))
+
+
+async def _recv(bus: Bus, timeout: float = 3.0):  # type: ignore[no-untyped-def]
+    return await asyncio.wait_for(bus.recv(), timeout)
+
+
+async def test_ipc_roundtrip_keeps_type_envelope_and_payload(make_bus: MakeBus) -> None:
+    mic = await make_bus("mic")
+    session = await make_bus("session", topics.AUDIO_MIC)
+    before = time.monotonic_ns()
+    assert mic.publish(topics.AUDIO_MIC, _frame(), PCM)
+    d = await _recv(session)
+    assert d.topic == "audio.mic" and d.sender == "mic" and d.seq == 1
+    assert isinstance(d.msg, AudioFrame) and d.msg.sample_rate_hz == 24000
+    assert d.payload == [PCM]
+    assert before <= d.mono_ns <= time.monotonic_ns()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_tcp_loopback_proxy() -> None:
+    ports = [_free_port() for _ in range(4)]
+    settings = BusSettings(
+        control=PlaneEndpoints(
+            publish=f"tcp://127.0.0.1:{ports[0]}", subscribe=f"tcp://127.0.0.1:{ports[1]}", hwm=1000
+        ),
+        media=PlaneEndpoints(
+            publish=f"tcp://127.0.0.1:{ports[2]}", subscribe=f"tcp://127.0.0.1:{ports[3]}", hwm=100
+        ),
+    )
+    with Proxy(settings):
+        async with Bus(settings, "tools") as tools, Bus(settings, "session") as session:
+            # subscribe after start works too
+            session.subscribe(topics.TOOL_RESULT, topics.AUDIO_MIC)
+            # the subscription travels to the proxy asynchronously: publish until it arrives
+            got = None
+            for _ in range(200):
+                tools.publish(topics.TOOL_RESULT, ToolResult(call_id="c1", name="t", ok=True))
+                try:
+                    got = await asyncio.wait_for(session.recv(), 0.02)
+                    break
+                except TimeoutError:
+                    continue
+            assert got is not None and isinstance(got.msg, ToolResult) and got.msg.call_id == "c1"
+
+
+async def test_sequence_numbers_count_per_topic(make_bus: MakeBus) -> None:
+    tools = await make_bus("tools")
+    session = await make_bus("session", "tool.")
+    for i in range(3):
+        tools.publish(topics.TOOL_RESULT, ToolResult(call_id=str(i), name="t", ok=True))
+    tools.publish(topics.TOOL_CATALOG, __import__("agent.messages").messages.ToolCatalog(tools=[]))
+    seqs = [(d.topic, d.seq) for d in [await _recv(session) for _ in range(4)]]
+    assert seqs == [("tool.result", 1), ("tool.result", 2), ("tool.result", 3), ("tool.catalog", 1)]
+    assert session.stats.gaps == 0
+
+
+async def test_publish_refuses_wrong_type_and_unknown_topic(make_bus: MakeBus) -> None:
+    bus = await make_bus("session")
+    with pytest.raises(BusError, match="carries AudioFrame"):
+        bus.publish(topics.AUDIO_MIC, UserTranscript(text="hi"))
+    with pytest.raises(BusError, match="unknown topic"):
+        bus.publish("no.such.topic", UserTranscript(text="hi"))
+    with pytest.raises(BusError, match="matches no topic"):
+        bus.subscribe("nosuch.")
+
+
+async def test_family_topics(make_bus: MakeBus) -> None:
+    mic = await make_bus("mic")
+    sup = await make_bus("supervisor", "health.")
+    mic.publish("health.mic", Heartbeat(service="mic", pid=1))
+    d = await _recv(sup)
+    assert d.topic == "health.mic" and isinstance(d.msg, Heartbeat)
+
+
+async def test_control_is_delivered_before_queued_media(make_bus: MakeBus) -> None:
+    mic = await make_bus("mic")
+    session = await make_bus("session", topics.AUDIO_MIC, topics.TOOL_RESULT)
+    for i in range(20):
+        mic.publish(topics.AUDIO_MIC, _frame(i), PCM)
+    mic.publish(topics.TOOL_RESULT, ToolResult(call_id="late", name="t", ok=True))
+    # let both reader tasks drain their sockets before the first recv()
+    deadline = time.monotonic() + 3
+    while session.stats.received < 21 and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    first = await _recv(session)
+    assert isinstance(first.msg, ToolResult), "control must overtake queued media"
+    rest = [await _recv(session) for _ in range(20)]
+    assert [d.msg.stream_id for d in rest] == [str(i) for i in range(20)]  # type: ignore[union-attr]
+
+
+async def test_media_queue_is_bounded_and_drops_oldest(make_bus: MakeBus) -> None:
+    mic = await make_bus("mic")
+    session = await make_bus("session", topics.AUDIO_MIC, media_queue=10)
+    for i in range(50):
+        mic.publish(topics.AUDIO_MIC, _frame(i), PCM)
+    deadline = time.monotonic() + 3
+    while session.stats.received < 50 and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+    assert session.stats.received == 50
+    assert session.stats.media_dropped == 40
+    got = [(await _recv(session)).msg.stream_id for _ in range(10)]  # type: ignore[union-attr]
+    assert got == [str(i) for i in range(40, 50)]  # newest kept
+
+
+async def test_malformed_frames_are_dropped_and_counted(bus_settings: BusSettings) -> None:
+    async with Bus(bus_settings, "session") as session:
+        session.subscribe(topics.TOOL_CALL)
+        ctx = zmq.Context.instance()
+        raw = ctx.socket(zmq.PUB)
+        raw.connect(bus_settings.control.publish)
+        good = encode_envelope(
+            Envelope("x", 1, 0, 0, ToolCall(call_id="ok", name="t", arguments_json="{}"))
+        )
+        wrong_type = encode_envelope(Envelope("x", 2, 0, 0, UserTranscript(text="not a call")))
+        try:
+            got = None
+            for _ in range(200):  # the raw PUB connects asynchronously
+                raw.send_multipart([b"tool.call", b"\x93garbage"])
+                raw.send_multipart([b"tool.call"])
+                raw.send_multipart([b"tool.call", wrong_type])
+                raw.send_multipart([b"tool.call", good])
+                try:
+                    got = await asyncio.wait_for(session.recv(), 0.02)
+                    break
+                except TimeoutError:
+                    continue
+        finally:
+            raw.close(linger=0)
+        assert got is not None and isinstance(got.msg, ToolCall) and got.msg.call_id == "ok"
+        assert session.stats.decode_errors >= 3
+
+
+async def test_gap_detection(bus_settings: BusSettings) -> None:
+    async with Bus(bus_settings, "session") as session:
+        session.subscribe(topics.TOOL_CALL)
+        ctx = zmq.Context.instance()
+        raw = ctx.socket(zmq.PUB)
+        raw.connect(bus_settings.control.publish)
+        msg = ToolCall(call_id="c", name="t", arguments_json="{}")
+        try:
+            for _ in range(200):
+                raw.send_multipart([b"tool.call", encode_envelope(Envelope("tools", 1, 0, 0, msg))])
+                try:
+                    await asyncio.wait_for(session.recv(), 0.02)
+                    break
+                except TimeoutError:
+                    continue
+            raw.send_multipart([b"tool.call", encode_envelope(Envelope("g", 1, 0, 0, msg))])
+            raw.send_multipart([b"tool.call", encode_envelope(Envelope("g", 5, 0, 0, msg))])
+            await _recv(session)
+            await _recv(session)
+        finally:
+            raw.close(linger=0)
+        assert session.stats.gaps == 3
+
+
+async def test_start_fails_clearly_without_proxy(short_tmp) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import ipc_bus_settings
+
+    bus = Bus(ipc_bus_settings(str(short_tmp)), "mic")
+    with pytest.raises(BusError, match="not reachable"):
+        await bus.start(timeout=0.3)
+
+
+def test_proxy_bind_conflict_is_a_clear_error(bus_settings: BusSettings) -> None:
+    with pytest.raises(BusError, match="cannot bind"):
+        Proxy(bus_settings).start()
