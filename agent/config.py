@@ -123,18 +123,30 @@ def default_settings() -> Settings:
     return Settings()
 
 
-_PATH_RE = re.compile(r"`\$((?:\.[A-Za-z0-9_\-]+|\[\d+\])*)`")
+_PATH_RE = re.compile(r"`\$((?:\.[A-Za-z0-9_\-]+|\[\d+\]|\[\.\.\.\])*)`")
+_STEP_RE = re.compile(r"\.([A-Za-z0-9_\-]+)|\[(\d+)\]|\[(\.\.\.)\]")
 
 
-def _lookup(raw: Any, path: str) -> tuple[bool, Any]:
-    """Walk ``.a.b[2]`` in ``raw``; (found, value)."""
-    cur = raw
-    for key, index in re.findall(r"\.([A-Za-z0-9_\-]+)|\[(\d+)\]", path):
-        try:
-            cur = cur[key] if key else cur[int(index)]
-        except (KeyError, IndexError, TypeError):
-            return False, None
-    return True, cur
+def _lookup(raw: Any, steps: list[tuple[str, str, str]], shown: str = "") -> tuple[str, bool, Any]:
+    """Walk ``.a.b[2]`` in ``raw`` -> (dotted key, found, value).
+
+    msgspec writes a dict key as ``[...]``; the first key whose rest resolves is named.
+    """
+    if not steps:
+        return shown, True, raw
+    (key, index, anykey), rest = steps[0], steps[1:]
+    try:
+        if key:
+            return _lookup(raw[key], rest, f"{shown}.{key}" if shown else key)
+        if index:
+            return _lookup(raw[int(index)], rest, f"{shown}[{index}]")
+        for k in raw:
+            found = _lookup(raw[k], rest, f"{shown}.{k}")
+            if found[1]:
+                return found
+    except (KeyError, IndexError, TypeError):
+        pass
+    return shown, False, None
 
 
 def _explain(exc: msgspec.ValidationError, raw: dict[str, Any], origin: str) -> ConfigError:
@@ -142,13 +154,13 @@ def _explain(exc: msgspec.ValidationError, raw: dict[str, Any], origin: str) -> 
     match = _PATH_RE.search(text)
     path = match.group(1) if match else ""
     reason = text[: match.start()].rstrip(" -") if match else text
-    key = path.lstrip(".") or "(top level)"
+    key, found, value = _lookup(raw, _STEP_RE.findall(path))
+    key = key or path.lstrip(".") or "(top level)"
     unknown = re.match(r"Object contains unknown field `([^`]+)`", reason)
     if unknown:
         key = f"{key}.{unknown.group(1)}" if path else unknown.group(1)
         return ConfigError(f"{origin}: unknown setting {key!r} (see config/default.toml)")
-    found, value = _lookup(raw, path)
-    shown = f" = {value!r}" if found else ""
+    shown = f" = {value!r}" if found and path else ""
     return ConfigError(f"{origin}: {key}{shown}: {reason}")
 
 

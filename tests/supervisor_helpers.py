@@ -1,0 +1,73 @@
+"""Helpers to run the real supervisor as a subprocess and watch it on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent.bus import Bus
+from agent.config import BusSettings
+from agent.messages import Heartbeat
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bus_toml(bus: BusSettings) -> str:
+    out = []
+    for name, plane in (("control", bus.control), ("media", bus.media)):
+        out.append(
+            f'[bus.{name}]\npublish = "{plane.publish}"\nsubscribe = "{plane.subscribe}"\n'
+            f"hwm = {plane.hwm}\n"
+        )
+    return "\n".join(out)
+
+
+def start_supervisor(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(config), *args],
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def next_beat(bus: Bus, service: str, timeout: float, *, not_pid: int = 0) -> Heartbeat:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no heartbeat from {service}")
+        d = await asyncio.wait_for(bus.recv(), left)
+        if isinstance(d.msg, Heartbeat) and d.msg.service == service and d.msg.pid != not_pid:
+            return d.msg
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+    proc.send_signal(sig)
+    return proc.wait(timeout=timeout)
