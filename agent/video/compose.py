@@ -1,0 +1,275 @@
+"""What the guest sees, sans-I/O: the display's state model and the frame composer.
+
+:class:`DisplayModel` turns bus events into an :class:`Overlay` (status badge,
+captions, idle or live scene); every method takes ``now`` (monotonic seconds)
+and nothing here reads a clock or touches a device. :class:`Composer` draws an
+avatar frame (scaled, aspect kept) and the overlay on a canvas of fixed size.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Badge", "Composer", "DisplayModel", "Overlay", "Scene", "fit_aspect"]
+
+log = logging.getLogger(__name__)
+
+Image = npt.NDArray[np.uint8]
+
+THINKING_TIMEOUT_S = 15.0  # "thinking" falls back to "listening" if the avatar never answers
+VOICE_HOLD_S = 0.4  # the avatar counts as speaking this long after its last loud audio
+VOICE_LEVEL_ON = 0.01  # RMS (0..1 full scale) of the WebRTC voice that counts as speech
+
+
+class Badge(enum.StrEnum):
+    CONNECTING = "connecting"
+    LISTENING = "listening"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+class Scene(enum.StrEnum):
+    IDLE = "idle"  # no session: the idle screen
+    LIVE = "live"  # a session is live: the avatar (or a placeholder until video comes)
+
+
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    scene: Scene
+    badge: Badge
+    guest_caption: str = ""
+    avatar_caption: str = ""
+
+
+class DisplayModel:
+    """The display's view of the conversation, fed by bus events (sans-I/O)."""
+
+    def __init__(self, caption_hold_s: float = 6.0) -> None:
+        self.caption_hold_s = caption_hold_s
+        self._session_live = False
+        self._video_live = False
+        self._guest_speaking = False
+        self._thinking_since: float | None = None
+        self._speaker_playing = False
+        self._voice_until = -1.0
+        self._guest_text = ""
+        self._guest_at = -1e9
+        self._avatar_response = ""
+        self._avatar_text = ""
+        self._avatar_at = -1e9
+        self._badge: Badge | None = None
+
+    # --- inputs ------------------------------------------------------------------------
+
+    def on_session(self, live: bool, now: float) -> None:
+        if live != self._session_live:
+            log.info("= session %s", "live" if live else "not live")
+        self._session_live = live
+        if not live:
+            self._video_live = False
+            self._guest_speaking = False
+            self._thinking_since = None
+            self._voice_until = -1.0
+
+    def on_video(self, live: bool, now: float) -> None:
+        self._video_live = live
+
+    def on_guest_speech(self, speaking: bool, now: float) -> None:
+        """Local VAD or server VAD: the guest started or stopped speaking."""
+        if speaking:
+            self._thinking_since = None
+        elif self._guest_speaking:
+            self._thinking_since = now
+        self._guest_speaking = speaking
+
+    def on_speaker(self, playing: bool, now: float) -> None:
+        self._speaker_playing = playing
+        if playing:
+            self._thinking_since = None
+
+    def on_voice_level(self, rms: float, now: float) -> None:
+        """Loudness of the avatar's voice as it arrives over WebRTC."""
+        if rms >= VOICE_LEVEL_ON:
+            self._voice_until = now + VOICE_HOLD_S
+            self._thinking_since = None
+
+    def on_barge_in(self, now: float) -> None:
+        self._voice_until = -1.0
+
+    def on_user_transcript(self, text: str, now: float) -> None:
+        self._guest_text, self._guest_at = text.strip(), now
+
+    def on_assistant_transcript(self, response_id: str, text: str, final: bool, now: float) -> None:
+        if final:
+            self._avatar_text = text.strip()
+        elif response_id != self._avatar_response:
+            self._avatar_text = text.lstrip()
+        else:
+            self._avatar_text += text
+        self._avatar_response = response_id
+        self._avatar_at = now
+
+    # --- output --------------------------------------------------------------------------
+
+    def overlay(self, now: float) -> Overlay:
+        if not self._session_live:
+            return Overlay(Scene.IDLE, Badge.CONNECTING)
+        badge = self._badge_at(now)
+        if badge != self._badge:
+            log.info("= badge %s", badge)
+            self._badge = badge
+        fresh = now - self.caption_hold_s
+        return Overlay(
+            Scene.LIVE,
+            badge,
+            guest_caption=self._guest_text if self._guest_at >= fresh else "",
+            avatar_caption=self._avatar_text if self._avatar_at >= fresh else "",
+        )
+
+    def _badge_at(self, now: float) -> Badge:
+        if not self._video_live:
+            return Badge.CONNECTING
+        if self._speaker_playing or now < self._voice_until:
+            return Badge.SPEAKING
+        if self._guest_speaking:
+            return Badge.LISTENING
+        if self._thinking_since is not None and now - self._thinking_since < THINKING_TIMEOUT_S:
+            return Badge.THINKING
+        return Badge.LISTENING
+
+
+def fit_aspect(src_w: int, src_h: int, dst_w: int, dst_h: int) -> tuple[int, int, int, int]:
+    """Where ``src`` goes inside ``dst`` scaled with its aspect kept: (x, y, w, h)."""
+    scale = min(dst_w / src_w, dst_h / src_h)
+    w, h = max(1, round(src_w * scale)), max(1, round(src_h * scale))
+    return (dst_w - w) // 2, (dst_h - h) // 2, w, h
+
+
+_BADGE_COLOURS: dict[Badge, tuple[int, int, int]] = {  # BGR
+    Badge.CONNECTING: (0, 165, 255),
+    Badge.LISTENING: (80, 200, 80),
+    Badge.THINKING: (220, 160, 60),
+    Badge.SPEAKING: (60, 60, 235),
+}
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_BACKGROUND = (20, 14, 10)
+
+
+class Composer:
+    """Draws frames of a fixed canvas size: avatar or idle screen, badge, captions."""
+
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        *,
+        captions: bool = True,
+        font_scale: float = 0.8,
+        badge: bool = True,
+        idle_image: Image | None = None,
+    ) -> None:
+        self.width, self.height = width, height
+        self.captions, self.font_scale, self.badge = captions, font_scale, badge
+        self._idle = self._make_idle(idle_image)
+        self._waiting = self._make_placeholder("Connecting...")
+
+    def _blank(self) -> Image:
+        return np.full((self.height, self.width, 3), _BACKGROUND, np.uint8)
+
+    def _fit(self, src: Image, dst: Image) -> None:
+        x, y, w, h = fit_aspect(src.shape[1], src.shape[0], self.width, self.height)
+        if (w, h) == (src.shape[1], src.shape[0]):
+            dst[y : y + h, x : x + w] = src
+        else:
+            interp = cv2.INTER_AREA if w < src.shape[1] else cv2.INTER_LINEAR
+            dst[y : y + h, x : x + w] = cv2.resize(src, (w, h), interpolation=interp)
+
+    def _make_idle(self, image: Image | None) -> Image:
+        if image is None:
+            return self._make_placeholder("Hello! Come closer to talk.")
+        canvas = self._blank()
+        self._fit(image, canvas)
+        return canvas
+
+    def _make_placeholder(self, text: str) -> Image:
+        canvas = self._blank()
+        r = min(self.width, self.height) // 5
+        centre = (self.width // 2, self.height // 2 - r // 2)
+        cv2.circle(canvas, centre, r, (70, 50, 35), -1, cv2.LINE_AA)
+        cv2.circle(canvas, centre, r, (140, 110, 80), max(2, r // 20), cv2.LINE_AA)
+        scale = self.font_scale * min(self.width, self.height) / 720 * 1.2
+        (tw, th), _ = cv2.getTextSize(text, _FONT, scale, 2)
+        org = ((self.width - tw) // 2, centre[1] + r + 2 * th + 10)
+        cv2.putText(canvas, text, org, _FONT, scale, (230, 230, 230), 2, cv2.LINE_AA)
+        return canvas
+
+    def compose(self, avatar: Image | None, overlay: Overlay) -> Image:
+        """One frame for the screen: ``avatar`` is the latest decoded BGR frame, if any."""
+        if overlay.scene is Scene.IDLE:
+            return self._idle.copy()
+        if avatar is None:
+            canvas = self._waiting.copy()
+        else:
+            canvas = self._blank()
+            self._fit(avatar, canvas)
+        if self.badge:
+            self._draw_badge(canvas, overlay.badge)
+        if self.captions:
+            self._draw_captions(canvas, overlay)
+        return canvas
+
+    def _draw_badge(self, canvas: Image, badge: Badge) -> None:
+        scale = 0.6 * max(0.5, min(self.width, self.height) / 720)
+        text = badge.value
+        (tw, th), base = cv2.getTextSize(text, _FONT, scale, 1)
+        pad = max(4, th // 2)
+        x0, y0 = pad, pad
+        x1, y1 = x0 + th + 3 * pad + tw, y0 + th + 2 * pad
+        cv2.rectangle(canvas, (x0, y0), (x1, y1), (30, 30, 30), -1)
+        dot = (x0 + pad + th // 2, (y0 + y1) // 2)
+        cv2.circle(canvas, dot, max(2, th // 2), _BADGE_COLOURS[badge], -1, cv2.LINE_AA)
+        org = (x0 + 2 * pad + th, y1 - pad)
+        cv2.putText(canvas, text, org, _FONT, scale, (240, 240, 240), 1, cv2.LINE_AA)
+
+    def _wrap(self, text: str, max_w: int, scale: float, max_lines: int) -> list[str]:
+        lines: list[str] = []
+        current = ""
+        for word in text.split():
+            trial = f"{current} {word}".strip()
+            if current and cv2.getTextSize(trial, _FONT, scale, 1)[0][0] > max_w:
+                lines.append(current)
+                current = word
+            else:
+                current = trial
+        if current:
+            lines.append(current)
+        return lines[-max_lines:]  # live captions: keep the newest words
+
+    def _draw_captions(self, canvas: Image, overlay: Overlay) -> None:
+        scale = self.font_scale * max(0.4, min(self.width, self.height) / 720)
+        th = cv2.getTextSize("Ag", _FONT, scale, 1)[0][1]
+        line_h = int(th * 1.8)
+        margin = max(6, th)
+        rows: list[tuple[str, tuple[int, int, int]]] = []
+        if overlay.guest_caption:
+            for line in self._wrap(overlay.guest_caption, self.width - 2 * margin, scale, 2):
+                rows.append((line, (255, 220, 150)))  # light blue: the guest
+        if overlay.avatar_caption:
+            for line in self._wrap(overlay.avatar_caption, self.width - 2 * margin, scale, 3):
+                rows.append((line, (255, 255, 255)))  # white: the avatar
+        if not rows:
+            return
+        top = self.height - margin - line_h * len(rows)
+        band = canvas[max(0, top - margin // 2) :, :]
+        band[:] = (band.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken behind the text
+        for i, (line, colour) in enumerate(rows):
+            org = (margin, top + line_h * i + th + (line_h - th) // 2)
+            cv2.putText(
+                canvas, line, org, _FONT, scale, colour, 2 if scale > 0.7 else 1, cv2.LINE_AA
+            )

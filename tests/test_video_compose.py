@@ -1,0 +1,103 @@
+"""The display's sans-I/O model and composer: events in, overlay and pixels out."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.emulator.avatar import AvatarPainter, measure_mouth_open
+from agent.video.compose import Badge, Composer, DisplayModel, Overlay, Scene, fit_aspect
+
+
+def live_model() -> DisplayModel:
+    m = DisplayModel(caption_hold_s=5.0)
+    m.on_session(True, 0.0)
+    m.on_video(True, 0.0)
+    return m
+
+
+def test_no_session_is_the_idle_scene() -> None:
+    m = DisplayModel()
+    assert m.overlay(0.0).scene is Scene.IDLE
+    m.on_session(True, 1.0)
+    o = m.overlay(1.0)
+    assert o.scene is Scene.LIVE and o.badge is Badge.CONNECTING  # no video yet
+
+
+def test_badge_follows_the_turns() -> None:
+    m = live_model()
+    assert m.overlay(1.0).badge is Badge.LISTENING
+    m.on_guest_speech(True, 1.0)
+    assert m.overlay(1.5).badge is Badge.LISTENING
+    m.on_guest_speech(False, 2.0)
+    assert m.overlay(2.1).badge is Badge.THINKING
+    m.on_voice_level(0.2, 3.0)
+    assert m.overlay(3.1).badge is Badge.SPEAKING
+    assert m.overlay(3.0 + 1.0).badge is Badge.LISTENING  # voice stopped
+    m.on_speaker(True, 5.0)
+    assert m.overlay(9.0).badge is Badge.SPEAKING  # speaker still playing
+    m.on_speaker(False, 9.5)
+    m.on_guest_speech(True, 9.6)
+    m.on_guest_speech(False, 9.7)
+    assert m.overlay(9.8).badge is Badge.THINKING
+    assert m.overlay(9.7 + 16).badge is Badge.LISTENING  # thinking times out
+    m.on_session(False, 30.0)
+    assert m.overlay(30.0).scene is Scene.IDLE
+
+
+def test_captions_accumulate_and_expire() -> None:
+    m = live_model()
+    m.on_user_transcript(" I'd like to check in. ", 1.0)
+    m.on_assistant_transcript("r1", "Wel", False, 1.5)
+    m.on_assistant_transcript("r1", "come!", False, 1.6)
+    o = m.overlay(2.0)
+    assert o.guest_caption == "I'd like to check in."
+    assert o.avatar_caption == "Welcome!"
+    m.on_assistant_transcript("r1", "Welcome! Your name?", True, 2.0)
+    assert m.overlay(2.0).avatar_caption == "Welcome! Your name?"
+    m.on_assistant_transcript("r2", "Thanks", False, 3.0)
+    assert m.overlay(3.0).avatar_caption == "Thanks"
+    assert m.overlay(6.5).guest_caption == ""  # 5 s hold passed
+    assert m.overlay(6.5).avatar_caption == "Thanks"
+
+
+def test_fit_aspect_letterboxes() -> None:
+    assert fit_aspect(512, 512, 1280, 720) == (280, 0, 720, 720)
+    assert fit_aspect(1280, 720, 720, 720) == (0, 157, 720, 405)
+
+
+def test_composer_scales_avatar_with_aspect_and_draws_overlay() -> None:
+    c = Composer(1280, 720, captions=True, badge=True)
+    avatar = AvatarPainter(512, 512).paint(1.0)
+    plain = c.compose(avatar, Overlay(Scene.LIVE, Badge.LISTENING))
+    assert plain.shape == (720, 1280, 3)
+    # Bars left and right are the plain background; the avatar fills the middle square.
+    assert (plain[100:, 200:270] == plain[100, 200]).all()
+    assert plain[100:, 290 : 1270 - 280].std() > 10
+    assert measure_mouth_open(plain[:, 280:1000]) > 0.8  # scaled mouth still reads open
+    captioned = c.compose(
+        avatar, Overlay(Scene.LIVE, Badge.SPEAKING, "hello there", "Welcome to the hotel")
+    )
+    band = np.abs(captioned[620:].astype(int) - plain[620:].astype(int)).mean()
+    assert band > 20  # captions darken and write over the bottom
+    badge = np.abs(captioned[:60, :250].astype(int) - plain[:60, :250].astype(int)).sum()
+    assert badge > 0  # a different badge state looks different
+    off = Composer(1280, 720, captions=False, badge=False)
+    bare = off.compose(avatar, Overlay(Scene.LIVE, Badge.SPEAKING, "hello", "hi"))
+    assert np.array_equal(
+        bare[620:, 300:900],
+        off.compose(avatar, Overlay(Scene.LIVE, Badge.LISTENING))[620:, 300:900],
+    )
+
+
+def test_idle_screen_uses_the_image_or_a_placeholder() -> None:
+    img = np.zeros((100, 200, 3), np.uint8)
+    img[:] = (0, 0, 255)
+    with_image = Composer(400, 400, idle_image=img).compose(
+        None, Overlay(Scene.IDLE, Badge.CONNECTING)
+    )
+    assert (with_image[200, 200] == (0, 0, 255)).all()  # centred, aspect kept: 400x200 band
+    assert (with_image[50, 200] != (0, 0, 255)).any()
+    placeholder = Composer(400, 400).compose(None, Overlay(Scene.IDLE, Badge.CONNECTING))
+    assert placeholder.std() > 5  # something is drawn
+    waiting = Composer(400, 400).compose(None, Overlay(Scene.LIVE, Badge.CONNECTING))
+    assert not np.array_equal(waiting, placeholder)
