@@ -1,0 +1,892 @@
+"""Audio devices behind two narrow interfaces: :class:`AudioInput` and :class:`AudioOutput`.
+
+Everything on this side of the interface is **24 kHz mono PCM16** (little-endian): inputs
+deliver fixed frames of it, outputs pull it. The backends convert from and to whatever the
+device really runs at, with soxr's streaming resampler (never linear interpolation).
+
+::
+
+    AudioInput                                   AudioOutput
+    ├── SoundDeviceInput   (PortAudio device)    ├── SoundDeviceOutput  (PortAudio device)
+    ├── WavFileInput       (WAV, real time)      ├── WavFileOutput      (WAV, real time)
+    └── SilenceInput       (silence, real time)  └── NullOutput         (discard, real time)
+
+Threading. PortAudio calls our callbacks on its own thread. An input callback converts the
+block, cuts it into frames and appends them to a bounded deque (oldest dropped), then wakes
+the event loop with ``call_soon_threadsafe`` (at most one wake-up pending): it never waits.
+An output callback *pulls* the samples it needs from a function the owner supplies
+(:data:`PullFn`), which must not block either (the speaker guards its jitter buffer with a
+lock held for microseconds). The file and null backends run the same pull/push from an
+asyncio task paced by the monotonic clock, so a service cannot tell them apart.
+
+PortAudio scans the devices when ``sounddevice`` is imported, so it is imported lazily,
+here, on first use: set ``ALSA_CONFIG_PATH`` / ``PULSE_SERVER`` before that.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import time
+import wave
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Literal, Self
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+from agent.audio.settings import Latency, MicSettings, SpeakerSettings
+from agent.errors import DeviceError
+
+__all__ = [
+    "PCM_RATE_HZ",
+    "AudioInput",
+    "AudioOutput",
+    "CapturedFrame",
+    "NullOutput",
+    "PullFn",
+    "SilenceInput",
+    "SoundDeviceInput",
+    "SoundDeviceOutput",
+    "WavFileInput",
+    "WavFileOutput",
+    "list_devices",
+    "open_input",
+    "open_output",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+PCM_RATE_HZ = 24_000  # the rate of every PCM block on this side of the interface
+_SAMPLE_BYTES = 2
+_STALL_S = 2.0  # a running input that delivers nothing for this long has failed
+
+Kind = Literal["input", "output"]
+Float32Array = npt.NDArray[np.float32]
+Int16Array = npt.NDArray[np.int16]
+
+# Called by an output with (n, play_mono_ns): return exactly n samples (2n bytes) of 24 kHz
+# mono PCM16. play_mono_ns estimates when the first of them reaches the loudspeaker.
+# Called on the device's thread for SoundDeviceOutput: must not block.
+PullFn = Callable[[int, int], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class CapturedFrame:
+    """One input frame: 24 kHz mono PCM16 and when its first sample was captured."""
+
+    pcm: bytes
+    capture_mono_ns: int  # CLOCK_MONOTONIC (time.monotonic_ns) of the first sample
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _sounddevice() -> ModuleType:
+    """Import sounddevice on first use (PortAudio scans the devices at import)."""
+    try:
+        import sounddevice
+    except OSError as exc:  # libportaudio2 missing
+        raise DeviceError(f"PortAudio is not available ({exc}); install libportaudio2") from exc
+    module: ModuleType = sounddevice
+    return module
+
+
+def _to_float(pcm: bytes) -> Float32Array:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) * np.float32(1.0 / 32768.0)
+
+
+def _to_pcm(x: Float32Array) -> bytes:
+    y = np.clip(np.rint(x * 32768.0), -32768, 32767).astype("<i2")
+    return bytes(y.tobytes())
+
+
+def _mix(block: Int16Array, channels: int, channel: int) -> Float32Array:
+    """Interleaved int16 -> mono float32: one channel, or the average of all."""
+    frames = block.reshape(-1, channels)
+    if channels == 1:
+        mono = frames[:, 0].astype(np.float32)
+    elif channel >= 0:
+        mono = frames[:, channel].astype(np.float32)
+    else:
+        mono = frames.astype(np.float32).mean(axis=1, dtype=np.float32)
+    return mono * np.float32(1.0 / 32768.0)
+
+
+def _resampler(in_rate: int, out_rate: int) -> soxr.ResampleStream | None:
+    if in_rate == out_rate:
+        return None
+    return soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+
+
+class _Framer:
+    """Cuts a stream of 24 kHz float samples into fixed frames and dates each frame.
+
+    Dating: the device block whose first sample is device sample ``j`` was captured at ``t``;
+    24 kHz sample ``i`` corresponds to device sample ``i * dev_rate / 24000`` (soxr removes its
+    own delay from the stream), so its time follows from the latest block's anchor.
+    """
+
+    def __init__(self, frame_samples: int, dev_rate: int):
+        self._n = frame_samples
+        self._dev_rate = dev_rate
+        self._buf = np.zeros(0, np.float32)
+        self._out_index = 0  # 24 kHz index of _buf[0]
+        self._anchor_j = 0
+        self._anchor_ns = 0
+
+    def push(self, samples: Float32Array, dev_index: int, dev_ns: int) -> list[CapturedFrame]:
+        self._anchor_j, self._anchor_ns = dev_index, dev_ns
+        self._buf = np.concatenate((self._buf, samples)) if len(self._buf) else samples
+        frames: list[CapturedFrame] = []
+        while len(self._buf) >= self._n:
+            j = self._out_index * self._dev_rate / PCM_RATE_HZ
+            t = self._anchor_ns + round((j - self._anchor_j) * 1e9 / self._dev_rate)
+            frames.append(CapturedFrame(_to_pcm(self._buf[: self._n]), max(t, 0)))
+            self._buf = self._buf[self._n :]
+            self._out_index += self._n
+        return frames
+
+
+class _Handoff:
+    """Device thread -> event loop: a bounded deque plus at most one pending wake-up.
+
+    ``put`` never blocks (the oldest frame is dropped when full). ``get`` awaits on the loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_items: int):
+        self._loop = loop
+        self._items: collections.deque[CapturedFrame] = collections.deque(maxlen=max_items)
+        self._event = asyncio.Event()
+        self._wake_pending = False
+        self.dropped = 0
+        self.closed = False
+        self.error: DeviceError | None = None
+
+    def put(self, item: CapturedFrame) -> None:  # any thread
+        if len(self._items) == self._items.maxlen:
+            self.dropped += 1
+        self._items.append(item)
+        self._wake()
+
+    def fail(self, error: DeviceError) -> None:  # any thread
+        self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                self._loop.call_soon_threadsafe(self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake_pending = False  # before set(): a put() racing with us wakes again
+        self._event.set()
+
+    async def get(self, stall_s: float | None) -> CapturedFrame | None:
+        while True:
+            if self._items:
+                return self._items.popleft()
+            if self.error is not None:
+                raise self.error
+            if self.closed:
+                return None
+            self._event.clear()
+            try:
+                await asyncio.wait_for(self._event.wait(), stall_s)
+            except TimeoutError:
+                raise DeviceError(f"input device delivered nothing for {stall_s:.1f} s") from None
+
+
+# --- device discovery --------------------------------------------------------------------------
+
+
+def _devices(sd: ModuleType) -> list[dict[str, Any]]:
+    return [dict(d) for d in sd.query_devices()]
+
+
+def _channels_key(kind: Kind) -> str:
+    return "max_input_channels" if kind == "input" else "max_output_channels"
+
+
+def _device_names(sd: ModuleType, kind: Kind) -> str:
+    key = _channels_key(kind)
+    names = [f"{i}: {d['name']!r}" for i, d in enumerate(_devices(sd)) if d[key] > 0]
+    return ", ".join(names) if names else "none (no sound card, or PortAudio sees no server)"
+
+
+def resolve_device(spec: str | int | None, kind: Kind) -> int:
+    """The PortAudio index of an ``kind`` device given by index, name substring or default.
+
+    Matching is case-insensitive; an exact name wins over substrings; an ambiguous or
+    missing name raises :class:`DeviceError` naming the devices that exist.
+    """
+    sd = _sounddevice()
+    devices = _devices(sd)
+    key = _channels_key(kind)
+    text = "" if spec is None else str(spec).strip()
+    if text == "":
+        default = sd.default.device[0 if kind == "input" else 1]
+        if default is None or int(default) < 0:
+            raise DeviceError(
+                f"no default {kind} device; {kind} devices: {_device_names(sd, kind)}"
+            )
+        return int(default)
+    if text.lstrip("-").isdigit():
+        index = int(text)
+        if 0 <= index < len(devices) and devices[index][key] > 0:
+            return index
+        raise DeviceError(
+            f"no {kind} device with index {index}; {kind} devices: {_device_names(sd, kind)}"
+        )
+    wanted = text.lower()
+    usable = [(i, d) for i, d in enumerate(devices) if d[key] > 0]
+    exact = [i for i, d in usable if str(d["name"]).lower() == wanted]
+    if exact:
+        return exact[0]
+    matches = [i for i, d in usable if wanted in str(d["name"]).lower()]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise DeviceError(
+            f"no {kind} device matching {text!r}; {kind} devices: {_device_names(sd, kind)}"
+        )
+    names = ", ".join(f"{i}: {devices[i]['name']!r}" for i in matches)
+    raise DeviceError(f"{kind} device {text!r} is ambiguous: {names}")
+
+
+def list_devices() -> str:
+    """A table of the audio devices PortAudio sees (for ``navtalk-agent devices``)."""
+    sd = _sounddevice()
+    devices = _devices(sd)
+    hostapis = [dict(h)["name"] for h in sd.query_hostapis()]
+    default_in, default_out = (int(x) if x is not None else -1 for x in sd.default.device)
+    lines = [f"{'#':>3}  {'name':<40} {'api':<6} {'in':>3} {'out':>3} {'rate':>7}"]
+    for i, d in enumerate(devices):
+        mark = ("<" if i == default_in else " ") + (">" if i == default_out else " ")
+        lines.append(
+            f"{i:>3}{mark}{str(d['name'])[:40]:<40} {hostapis[d['hostapi']][:6]:<6} "
+            f"{d['max_input_channels']:>3} {d['max_output_channels']:>3} "
+            f"{int(d['default_samplerate']):>7}"
+        )
+    if not devices:
+        lines.append("     (no devices: no sound card, or no PulseAudio server reachable)")
+    lines.append("< default input, > default output. Select with mic.device / speaker.device")
+    lines.append("(an index, or a case-insensitive part of the name).")
+    return "\n".join(lines)
+
+
+def _pick_format(
+    sd: ModuleType, index: int, kind: Kind, rate: int, channels: int
+) -> tuple[int, int]:
+    """(rate, channels) to open the device with.
+
+    rate 0: 24 kHz when the device takes it (the host converts, with no added latency; soxr's
+    streaming resampler works in blocks and adds 15-40 ms), else the device's default rate.
+    channels 0: mono, or stereo when the device refuses mono.
+    """
+    info = _devices(sd)[index]
+    rates = [rate] if rate else [PCM_RATE_HZ, int(info["default_samplerate"])]
+    chans = [channels] if channels else [1, min(2, int(info[_channels_key(kind)]))]
+    check = sd.check_input_settings if kind == "input" else sd.check_output_settings
+    error: Exception | None = None
+    for r in dict.fromkeys(rates):
+        for ch in dict.fromkeys(chans):
+            try:
+                check(device=index, channels=ch, dtype="int16", samplerate=r)
+            except Exception as exc:  # sounddevice raises PortAudioError or ValueError
+                error = exc
+                continue
+            return r, ch
+    raise DeviceError(
+        f"{kind} device {index} ({info['name']!r}) refuses {rates} Hz x {chans} ch: {error}"
+    )
+
+
+# --- interfaces --------------------------------------------------------------------------------
+
+
+class AudioInput(abc.ABC):
+    """A source of 24 kHz mono PCM16 frames of ``frame_ms``, each dated at capture."""
+
+    frame_ms: int
+
+    @property
+    def frame_samples(self) -> int:
+        return PCM_RATE_HZ * self.frame_ms // 1000
+
+    @property
+    def dropped(self) -> int:
+        """Frames dropped because the reader lagged behind."""
+        return 0
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open the device and start capturing (call from the event loop)."""
+
+    @abc.abstractmethod
+    async def read(self) -> CapturedFrame | None:
+        """The next frame; None when the input has ended. Raises DeviceError on failure."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop and release the device. Idempotent."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class AudioOutput(abc.ABC):
+    """A sink that pulls 24 kHz mono PCM16 from a :data:`PullFn` once per period."""
+
+    period_ms: int
+
+    @abc.abstractmethod
+    async def start(self, pull: PullFn) -> None:
+        """Open the device and start pulling (call from the event loop)."""
+
+    def flush(self) -> None:  # noqa: B027 - optional: backends holding no audio keep this
+        """Drop the audio the backend itself still holds (barge-in). Any thread; no wait."""
+
+    @property
+    def failed(self) -> DeviceError | None:
+        """Set when the device stopped on its own."""
+        return None
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop and release the device. Idempotent."""
+
+
+# --- sounddevice --------------------------------------------------------------------------------
+
+
+def _latency_arg(latency: Latency) -> str | float:
+    return latency
+
+
+class SoundDeviceInput(AudioInput):
+    """A PortAudio input device; any rate and channel count, converted to 24 kHz mono."""
+
+    def __init__(
+        self,
+        device: str | int | None = None,
+        *,
+        frame_ms: int = 20,
+        sample_rate_hz: int = 0,
+        channels: int = 0,
+        channel: int = -1,
+        latency: Latency = "low",
+        block_ms: int = 0,
+        queue_ms: int = 2000,
+        stall_s: float | None = _STALL_S,
+    ):
+        self.frame_ms = frame_ms
+        self._block_ms = block_ms
+        self._spec = device
+        self._want_rate = sample_rate_hz
+        self._want_channels = channels
+        self._channel = channel
+        self._latency = latency
+        self._queue_frames = max(1, queue_ms // frame_ms)
+        self._stall_s = stall_s
+        self._stream: Any = None
+        self._handoff: _Handoff | None = None
+        self.device_index = -1
+        self.device_name = ""
+        self.rate = 0
+        self.channels = 0
+        self.status_errors = 0  # PortAudio overflow flags seen
+        self._dev_samples = 0
+        self._framer: _Framer | None = None
+        self._resample: soxr.ResampleStream | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self._handoff.dropped if self._handoff else 0
+
+    async def start(self) -> None:
+        if self._stream is not None:
+            return
+        sd = _sounddevice()
+        self.device_index = resolve_device(self._spec, "input")
+        self.device_name = str(_devices(sd)[self.device_index]["name"])
+        self.rate, self.channels = _pick_format(
+            sd, self.device_index, "input", self._want_rate, self._want_channels
+        )
+        if self._channel >= self.channels:
+            raise DeviceError(
+                f"input channel {self._channel} asked, device opened with {self.channels}"
+            )
+        self._handoff = _Handoff(asyncio.get_running_loop(), self._queue_frames)
+        self._resample = _resampler(self.rate, PCM_RATE_HZ)
+        self._framer = _Framer(PCM_RATE_HZ * self.frame_ms // 1000, self.rate)
+        self._dev_samples = 0
+        try:
+            self._stream = sd.RawInputStream(
+                device=self.device_index,
+                samplerate=self.rate,
+                channels=self.channels,
+                dtype="int16",
+                blocksize=self.rate * self._block_ms // 1000,
+                latency=_latency_arg(self._latency),
+                callback=self._callback,
+                finished_callback=self._finished,
+            )
+            self._stream.start()
+        except Exception as exc:  # sd.PortAudioError, ValueError: busy or gone
+            self._stream = None
+            raise DeviceError(
+                f"cannot open input device {self.device_index} ({self.device_name!r}) at "
+                f"{self.rate} Hz x {self.channels} ch: {exc}; "
+                f"input devices: {_device_names(sd, 'input')}"
+            ) from exc
+        log.info(
+            "= mic device %d %r open: %d Hz x %d ch, latency %.1f ms",
+            self.device_index,
+            self.device_name,
+            self.rate,
+            self.channels,
+            float(self._stream.latency) * 1000,
+        )
+
+    def _callback(self, indata: Any, frames: int, time_info: Any, status: Any) -> None:
+        # PortAudio's thread: convert, frame, hand off. Never block, never raise.
+        now = time.monotonic_ns()
+        try:
+            if status:
+                self.status_errors += 1
+            # The first sample of the block is at least the block's duration old; PortAudio's
+            # own estimate adds the host buffer (some host APIs report 0 or garbage).
+            lag = float(time_info.currentTime) - float(time_info.inputBufferAdcTime)
+            lag = max(lag if lag < 1.0 else 0.0, frames / self.rate)
+            first_ns = now - int(lag * 1e9)
+            mono = _mix(np.frombuffer(indata, dtype="<i2"), self.channels, self._channel)
+            out = mono if self._resample is None else self._resample.resample_chunk(mono)
+            assert self._framer is not None and self._handoff is not None
+            for frame in self._framer.push(out, self._dev_samples, first_ns):
+                self._handoff.put(frame)
+            self._dev_samples += frames
+        except Exception:  # an exception would abort the stream: log and go on
+            log.exception("mic callback failed")
+
+    def _finished(self) -> None:
+        if self._handoff is not None and not self._handoff.closed:
+            self._handoff.fail(DeviceError(f"input device {self.device_name!r} stopped"))
+
+    async def read(self) -> CapturedFrame | None:
+        if self._handoff is None:
+            raise DeviceError("SoundDeviceInput.read() before start()")
+        return await self._handoff.get(self._stall_s)
+
+    async def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if self._handoff is not None:
+            self._handoff.closed = True
+        if stream is not None:
+            await asyncio.to_thread(_abort_close, stream)
+
+
+def _abort_close(stream: Any) -> None:
+    with contextlib.suppress(Exception):
+        stream.abort()
+    with contextlib.suppress(Exception):
+        stream.close()
+
+
+class SoundDeviceOutput(AudioOutput):
+    """A PortAudio output device; pulls 24 kHz mono, plays it at the device's rate/channels."""
+
+    def __init__(
+        self,
+        device: str | int | None = None,
+        *,
+        period_ms: int = 10,
+        sample_rate_hz: int = 0,
+        channels: int = 0,
+        latency: Latency = "low",
+    ):
+        self.period_ms = period_ms
+        self._spec = device
+        self._want_rate = sample_rate_hz
+        self._want_channels = channels
+        self._latency = latency
+        self._stream: Any = None
+        self._pull: PullFn | None = None
+        self._resample: soxr.ResampleStream | None = None
+        self._fifo = np.zeros(0, np.float32)  # device-rate mono samples pulled, not yet written
+        self._flush_requested = False
+        self._failed: DeviceError | None = None
+        self._closing = False
+        self.device_index = -1
+        self.device_name = ""
+        self.rate = 0
+        self.channels = 0
+        self.status_errors = 0  # PortAudio underflow flags seen
+        self.callbacks = 0
+
+    @property
+    def failed(self) -> DeviceError | None:
+        return self._failed
+
+    async def start(self, pull: PullFn) -> None:
+        if self._stream is not None:
+            return
+        sd = _sounddevice()
+        self._pull = pull
+        self.device_index = resolve_device(self._spec, "output")
+        self.device_name = str(_devices(sd)[self.device_index]["name"])
+        self.rate, self.channels = _pick_format(
+            sd, self.device_index, "output", self._want_rate, self._want_channels
+        )
+        self._resample = _resampler(PCM_RATE_HZ, self.rate)
+        try:
+            self._stream = sd.RawOutputStream(
+                device=self.device_index,
+                samplerate=self.rate,
+                channels=self.channels,
+                dtype="int16",
+                blocksize=self.rate * self.period_ms // 1000,
+                latency=_latency_arg(self._latency),
+                callback=self._callback,
+                finished_callback=self._finished,
+            )
+            self._stream.start()
+        except Exception as exc:  # sd.PortAudioError, ValueError: busy or gone
+            self._stream = None
+            raise DeviceError(
+                f"cannot open output device {self.device_index} ({self.device_name!r}) at "
+                f"{self.rate} Hz x {self.channels} ch: {exc}; "
+                f"output devices: {_device_names(sd, 'output')}"
+            ) from exc
+        log.info(
+            "= speaker device %d %r open: %d Hz x %d ch, latency %.1f ms, period %d ms",
+            self.device_index,
+            self.device_name,
+            self.rate,
+            self.channels,
+            float(self._stream.latency) * 1000,
+            self.period_ms,
+        )
+
+    def flush(self) -> None:
+        self._flush_requested = True  # seen by the next callback (a bool store is atomic)
+
+    def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
+        # PortAudio's thread. Never block, never raise: on error, write silence.
+        now = time.monotonic_ns()
+        self.callbacks += 1
+        try:
+            if status:
+                self.status_errors += 1
+            if self._flush_requested:
+                self._flush_requested = False
+                self._fifo = np.zeros(0, np.float32)
+                if self._resample is not None:
+                    self._resample.clear()
+            lead = float(time_info.outputBufferDacTime) - float(time_info.currentTime)
+            if not 0.0 <= lead < 1.0:
+                lead = 0.0
+            play_ns = now + int(lead * 1e9)
+            self._fill(frames, play_ns)
+            block, self._fifo = self._fifo[:frames], self._fifo[frames:]
+            pcm = np.clip(np.rint(block * 32768.0), -32768, 32767).astype("<i2")
+            if self.channels > 1:
+                pcm = np.repeat(pcm, self.channels)
+            outdata[:] = pcm.tobytes()
+        except Exception:
+            log.exception("speaker callback failed")
+            outdata[:] = bytes(len(outdata))
+
+    def _fill(self, frames: int, play_ns: int) -> None:
+        """Pull until the FIFO holds ``frames`` device samples.
+
+        soxr's streaming resampler emits its output in bursts (blocks of 15-40 ms), so this
+        pulls ahead by up to one burst; a flush() drops what was pulled ahead.
+        """
+        assert self._pull is not None
+        ratio = self.rate / PCM_RATE_HZ
+        min_pull = PCM_RATE_HZ // 100  # 10 ms
+        budget = PCM_RATE_HZ  # never pull more than 1 s of audio in one callback
+        while len(self._fifo) < frames and budget > 0:
+            n = min(budget, max(min_pull, math.ceil((frames - len(self._fifo)) / ratio)))
+            budget -= n
+            at_ns = play_ns + int(len(self._fifo) * 1e9 / self.rate)
+            chunk = _to_float(self._pull(n, at_ns))
+            out = chunk if self._resample is None else self._resample.resample_chunk(chunk)
+            self._fifo = np.concatenate((self._fifo, out)) if len(self._fifo) else out
+        missing = frames - len(self._fifo)
+        if missing > 0:  # only if the resampler misbehaves
+            self._fifo = np.concatenate((self._fifo, np.zeros(missing, np.float32)))
+
+    def _finished(self) -> None:
+        if not self._closing:
+            self._failed = DeviceError(f"output device {self.device_name!r} stopped")
+
+    async def close(self) -> None:
+        self._closing = True
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            await asyncio.to_thread(_abort_close, stream)
+
+
+# --- files and null, paced by the monotonic clock ----------------------------------------------
+
+
+class _PacedInput(AudioInput):
+    """Produces frames on a real-time schedule (frame k due at t0 + k * frame_ms)."""
+
+    def __init__(self, *, frame_ms: int, realtime: bool):
+        self.frame_ms = frame_ms
+        self._realtime = realtime
+        self._t0_ns = 0
+        self._k = 0
+        self._started = False
+        self._closed = False
+
+    async def start(self) -> None:
+        self._started = True
+        self._t0_ns = time.monotonic_ns()
+
+    async def read(self) -> CapturedFrame | None:
+        if not self._started:
+            raise DeviceError(f"{type(self).__name__}.read() before start()")
+        if self._closed:
+            return None
+        due_ns = self._t0_ns + self._k * self.frame_ms * 1_000_000
+        if self._realtime:
+            # Pacing, not waiting for an event: a frame "is captured" at its due time.
+            delay = (due_ns + self.frame_ms * 1_000_000 - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+        pcm = self._next_pcm()
+        if pcm is None:
+            return None
+        self._k += 1
+        return CapturedFrame(pcm, due_ns)
+
+    @abc.abstractmethod
+    def _next_pcm(self) -> bytes | None: ...
+
+    async def close(self) -> None:
+        self._closed = True
+
+
+class SilenceInput(_PacedInput):
+    """Digital silence in real time (the null microphone)."""
+
+    def __init__(self, *, frame_ms: int = 20, realtime: bool = True):
+        super().__init__(frame_ms=frame_ms, realtime=realtime)
+        self._silence = bytes(self.frame_samples * _SAMPLE_BYTES)
+
+    def _next_pcm(self) -> bytes | None:
+        return self._silence
+
+
+def read_wav_24k_mono(path: str | Path) -> bytes:
+    """A whole PCM16 WAV file as 24 kHz mono PCM16 (soxr)."""
+    with _open_wav(path) as w:
+        rate, channels = w.getframerate(), w.getnchannels()
+        raw = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    mono = _mix(raw, channels, -1)
+    if rate != PCM_RATE_HZ:
+        mono = soxr.resample(mono, rate, PCM_RATE_HZ, quality="HQ").astype(np.float32)
+    return _to_pcm(mono)
+
+
+def _open_wav(path: str | Path) -> wave.Wave_read:
+    try:
+        w = wave.open(str(path), "rb")
+    except (OSError, EOFError, wave.Error) as exc:
+        raise DeviceError(f"cannot read WAV {path}: {exc}") from exc
+    if w.getsampwidth() != 2:
+        w.close()
+        raise DeviceError(f"WAV {path}: {8 * w.getsampwidth()}-bit samples; need 16-bit PCM")
+    return w
+
+
+class WavFileInput(_PacedInput):
+    """A WAV file played as a microphone, in real time: the demo's "guest".
+
+    Any rate and channel count (16-bit PCM). At the end: start again (``loop``), or go on
+    with silence (``pad_silence``), or end (``read()`` returns None).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        frame_ms: int = 20,
+        loop: bool = False,
+        pad_silence: bool = False,
+        realtime: bool = True,
+    ):
+        super().__init__(frame_ms=frame_ms, realtime=realtime)
+        self.path = Path(path)
+        self._loop = loop
+        self._pad = pad_silence
+        self._pcm = b""
+        self._pos = 0
+        self.ended = False
+
+    async def start(self) -> None:
+        self._pcm = await asyncio.to_thread(read_wav_24k_mono, self.path)
+        if not self._pcm:
+            raise DeviceError(f"WAV {self.path} holds no audio")
+        log.info("= mic file %s: %.2f s", self.path, len(self._pcm) / 2 / PCM_RATE_HZ)
+        await super().start()
+
+    def _next_pcm(self) -> bytes | None:
+        size = self.frame_samples * _SAMPLE_BYTES
+        out = self._pcm[self._pos : self._pos + size]
+        self._pos += len(out)
+        while len(out) < size:
+            if self._loop:
+                take = self._pcm[: size - len(out)]
+                self._pos = len(take)
+                out += take
+            elif self._pad:
+                self.ended = True
+                out += bytes(size - len(out))
+            else:
+                self.ended = True
+                return out + bytes(size - len(out)) if out else None
+        return out
+
+
+class _PacedOutput(AudioOutput):
+    """Pulls one period every period_ms from an asyncio task (file and null outputs)."""
+
+    def __init__(self, *, period_ms: int):
+        self.period_ms = period_ms
+        self._task: asyncio.Task[None] | None = None
+        self._pull: PullFn | None = None
+
+    async def start(self, pull: PullFn) -> None:
+        if self._task is None:
+            self._pull = pull
+            self._open()
+            self._task = asyncio.create_task(self._run(), name=type(self).__name__)
+
+    def _open(self) -> None:
+        pass
+
+    async def _run(self) -> None:
+        assert self._pull is not None
+        n = PCM_RATE_HZ * self.period_ms // 1000
+        period_ns = self.period_ms * 1_000_000
+        t0 = time.monotonic_ns()
+        k = 0
+        while True:
+            due = t0 + k * period_ns
+            delay = (due - time.monotonic_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)  # pacing: this is the device's clock
+            self._write(self._pull(n, due))
+            k += 1
+
+    def _write(self, pcm: bytes) -> None:
+        pass
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._close()
+
+    def _close(self) -> None:
+        pass
+
+
+class NullOutput(_PacedOutput):
+    """Plays nothing, at the pace of a real device (headless robots without a speaker)."""
+
+    def __init__(self, *, period_ms: int = 20):
+        super().__init__(period_ms=period_ms)
+
+
+class WavFileOutput(_PacedOutput):
+    """Writes what is played to a WAV (24 kHz mono PCM16), at the pace of a real device."""
+
+    def __init__(self, path: str | Path, *, period_ms: int = 20):
+        super().__init__(period_ms=period_ms)
+        self.path = Path(path)
+        self._wav: wave.Wave_write | None = None
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            w = wave.open(str(self.path), "wb")
+        except OSError as exc:
+            raise DeviceError(f"cannot write WAV {self.path}: {exc}") from exc
+        w.setnchannels(1)
+        w.setsampwidth(_SAMPLE_BYTES)
+        w.setframerate(PCM_RATE_HZ)
+        self._wav = w
+
+    def _write(self, pcm: bytes) -> None:
+        if self._wav is not None:
+            self._wav.writeframesraw(pcm)
+
+    def _close(self) -> None:
+        w, self._wav = self._wav, None
+        if w is not None:
+            w.close()
+
+
+# --- factories -----------------------------------------------------------------------------------
+
+
+def open_input(settings: MicSettings) -> AudioInput:
+    """The input backend the mic settings ask for (not started)."""
+    if settings.backend == "sounddevice":
+        return SoundDeviceInput(
+            settings.device or None,
+            frame_ms=settings.frame_ms,
+            sample_rate_hz=settings.sample_rate_hz,
+            channels=settings.channels,
+            channel=settings.channel,
+            latency=settings.latency,
+            block_ms=settings.block_ms,
+            queue_ms=settings.queue_ms,
+        )
+    if settings.backend == "file":
+        if not settings.wav_path:
+            raise DeviceError("mic.backend = 'file' needs mic.wav_path")
+        return WavFileInput(
+            settings.wav_path,
+            frame_ms=settings.frame_ms,
+            loop=settings.loop,
+            pad_silence=settings.pad_silence,
+        )
+    return SilenceInput(frame_ms=settings.frame_ms)
+
+
+def open_output(settings: SpeakerSettings) -> AudioOutput:
+    """The output backend the speaker settings ask for (not started)."""
+    if settings.backend == "sounddevice":
+        return SoundDeviceOutput(
+            settings.device or None,
+            period_ms=settings.period_ms,
+            sample_rate_hz=settings.sample_rate_hz,
+            channels=settings.channels,
+            latency=settings.latency,
+        )
+    if settings.backend == "file":
+        return WavFileOutput(settings.wav_path, period_ms=settings.period_ms)
+    return NullOutput(period_ms=settings.period_ms)
