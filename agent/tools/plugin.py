@@ -245,7 +245,7 @@ def make_tool(
             )
         params.append(Param(p.name, annotation, p.default, arg_docs.get(p.name, "")))
     params_type = make_params_type(tool_name, params)
-    schema = parameters_schema(params_type)
+    schema = parameters_schema(params_type, tool_name)
     text = description if description is not None else summary
     if not text:
         raise ToolDefinitionError(

@@ -86,13 +86,15 @@ def make_params_type(tool_name: str, params: Sequence[Param]) -> type[msgspec.St
         raise ToolDefinitionError(f"tool {tool_name!r}: bad parameters: {exc}") from exc
 
 
-def parameters_schema(params_type: type[msgspec.Struct]) -> dict[str, Any]:
+def parameters_schema(params_type: type[msgspec.Struct], tool_name: str = "") -> dict[str, Any]:
     """The NavTalk parameter schema of ``params_type``: an object, ``$ref``s inlined."""
     try:
         raw = msgspec.json.schema(params_type)
     except (TypeError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[-1]  # "type <class 'complex'> is not supported"
         raise ToolDefinitionError(
-            f"{params_type.__name__}: a parameter type has no JSON schema: {exc}"
+            f"tool {tool_name or params_type.__name__!r}: a parameter type cannot be described "
+            f"to the model in JSON schema: {reason}"
         ) from exc
     resolved = inline_refs(raw)
     return {
