@@ -34,9 +34,9 @@ import zmq
 import zmq.asyncio
 
 from agent import topics
-from agent.errors import BusError, MessageDecodeError
-from agent.messages import Envelope, Message, decode_envelope, encode_envelope
 from agent.config import BusSettings, PlaneEndpoints
+from agent.errors import BusError, MessageDecodeError
+from agent.messages import AnyMessage, Envelope, Message, decode_envelope, encode_envelope
 
 __all__ = ["Bus", "BusSettings", "Delivery", "PlaneEndpoints", "Proxy"]
 
@@ -327,8 +327,9 @@ class Bus:
         if pub is None:
             raise BusError("Bus.publish() before Bus.start()")
         self._seq[topic] += 1
+        typed: AnyMessage = msg  # type: ignore[assignment]  # checked against the table above
         body = encode_envelope(
-            Envelope(self.sender, self._seq[topic], time.monotonic_ns(), time.time_ns(), msg)
+            Envelope(self.sender, self._seq[topic], time.monotonic_ns(), time.time_ns(), typed)
         )
         try:
             pub.send_multipart([topic.encode(), body, *payload], flags=zmq.NOBLOCK, copy=False)

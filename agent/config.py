@@ -134,7 +134,7 @@ def _lookup(raw: Any, steps: list[tuple[str, str, str]], shown: str = "") -> tup
     """
     if not steps:
         return shown, True, raw
-    (key, index, anykey), rest = steps[0], steps[1:]
+    (key, index, _anykey), rest = steps[0], steps[1:]
     try:
         if key:
             return _lookup(raw[key], rest, f"{shown}.{key}" if shown else key)

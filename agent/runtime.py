@@ -20,8 +20,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from agent import topics
 from agent.bus import Bus
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class ServiceMain(Protocol):
-    def __call__(self, settings: Settings, bus: Bus) -> Awaitable[None]: ...
+    def __call__(self, settings: Settings, bus: Bus) -> Coroutine[Any, Any, None]: ...
 
 
 def load_service(name: str) -> ServiceMain:
@@ -87,7 +87,7 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
     control.subscribe(topics.CONTROL_SHUTDOWN)
     await control.start()
     bus = Bus(settings.bus, name)
-    service = asyncio.create_task(main(settings, bus), name=f"service-{name}")
+    service: asyncio.Task[None] = asyncio.create_task(main(settings, bus), name=f"service-{name}")
     beats = asyncio.create_task(
         heartbeat_loop(control, name, settings.supervisor.heartbeat_interval_s), name="heartbeat"
     )

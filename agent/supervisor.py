@@ -28,8 +28,9 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent import topics
 from agent.bus import Bus, Proxy
@@ -72,7 +73,9 @@ class RestartPolicy:
 
     @classmethod
     def from_settings(cls, s: SupervisorSettings) -> RestartPolicy:
-        return cls(s.restart_initial_s, s.restart_max_s, s.crash_loop_restarts, s.crash_loop_window_s)
+        return cls(
+            s.restart_initial_s, s.restart_max_s, s.crash_loop_restarts, s.crash_loop_window_s
+        )
 
     def on_exit(self, now: float, ran_for_s: float) -> float | None:
         """The child exited: seconds to wait before restarting it, or None to give up."""
@@ -82,7 +85,9 @@ class RestartPolicy:
             return None
         if ran_for_s >= self.stable_after_s:
             self._delay_s = 0.0
-        self._delay_s = self.initial_s if self._delay_s == 0.0 else min(self._delay_s * 2, self.max_s)
+        self._delay_s = (
+            self.initial_s if self._delay_s == 0.0 else min(self._delay_s * 2, self.max_s)
+        )
         self._restarts.append(now)
         return self._delay_s
 
@@ -129,14 +134,12 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._proxy: Proxy | None = None
         self._bus: Bus | None = None
-        names: list[str] = []
-        if settings.emulator.embedded:
-            names.append("emulator")
-        for name in settings.supervisor.services:
-            if only is not None and name not in only:
+        names: list[str] = ["emulator"] if settings.emulator.embedded else []
+        for service in settings.supervisor.services:
+            if only is not None and service not in only:
                 continue
-            if getattr(settings, name).enabled:
-                names.append(name)
+            if getattr(settings, service).enabled:
+                names.append(service)
         for name in names:
             if name == "emulator":
                 argv = [self._python, "-m", "agent", "emulator", *self._config_args]
@@ -179,9 +182,8 @@ class Supervisor:
 
     # -- children --------------------------------------------------------------------------
 
-    def _spawn_task(self, coro: object, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        task.set_name(name)
+    def _spawn_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -299,7 +301,9 @@ class Supervisor:
             _, pending = await asyncio.wait(waits, timeout=self._sup.stop_timeout_s)
             for proc in live:
                 if proc.returncode is None:
-                    log.warning("pid %d did not stop in %.1f s: SIGKILL", proc.pid, self._sup.stop_timeout_s)
+                    log.warning(
+                        "pid %d did not stop in %.1f s: SIGKILL", proc.pid, self._sup.stop_timeout_s
+                    )
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
             if pending:

@@ -122,7 +122,7 @@ async def tap(
                 break
             events = await poller.poll(None if timeout is None else int(timeout * 1000) + 1)
             for sock, _ in events:
-                frames = await sock.recv_multipart()  # type: ignore[attr-defined]
+                frames = await sock.recv_multipart()
                 text = printer.line(frames, time.monotonic_ns())
                 if text:
                     out.write(text + "\n")

@@ -116,7 +116,7 @@ async def test_control_is_delivered_before_queued_media(make_bus: MakeBus) -> No
     mic.publish(topics.TOOL_RESULT, ToolResult(call_id="late", name="t", ok=True))
     # let both reader tasks drain their sockets before the first recv()
     deadline = time.monotonic() + 3
-    while session.stats.received < 21 and time.monotonic() < deadline:
+    while session.stats.received < 21 and time.monotonic() < deadline:  # noqa: ASYNC110 (stats have no event)
         await asyncio.sleep(0.005)
     first = await _recv(session)
     assert isinstance(first.msg, ToolResult), "control must overtake queued media"
@@ -130,7 +130,7 @@ async def test_media_queue_is_bounded_and_drops_oldest(make_bus: MakeBus) -> Non
     for i in range(50):
         mic.publish(topics.AUDIO_MIC, _frame(i), PCM)
     deadline = time.monotonic() + 3
-    while session.stats.received < 50 and time.monotonic() < deadline:
+    while session.stats.received < 50 and time.monotonic() < deadline:  # noqa: ASYNC110 (stats have no event)
         await asyncio.sleep(0.005)
     assert session.stats.received == 50
     assert session.stats.media_dropped == 40

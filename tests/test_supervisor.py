@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -47,7 +48,7 @@ def sup_config(short_tmp: Path) -> Path:
         bus_toml(ipc_bus_settings(str(short_tmp)))
         + "\n[supervisor]\nheartbeat_interval_s = 0.2\nheartbeat_timeout_s = 1.5\n"
         "startup_grace_s = 20\nrestart_initial_s = 0.2\nstop_timeout_s = 3\n"
-        "\n[tools]\ndisabled_builtins = [\"take_photo\"]\n"
+        '\n[tools]\ndisabled_builtins = ["take_photo"]\n'
     )
     return cfg
 
@@ -97,8 +98,8 @@ async def test_sigkilled_supervisor_takes_children_with_it(
         proc.kill()
         proc.wait(timeout=10)
         deadline = time.monotonic() + 5
-        while alive(beat.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while alive(beat.pid) and time.monotonic() < deadline:  # noqa: ASYNC110 (no event for exit)
+            await asyncio.sleep(0.05)
         assert not alive(beat.pid), "child outlived a SIGKILLed supervisor"
     finally:
         if proc.poll() is None:
@@ -120,8 +121,8 @@ async def test_crash_loop_gives_up_and_says_so(short_tmp: Path) -> None:
     proc = start_supervisor(cfg, "--only", "tools", log=log)
     try:
         deadline = time.monotonic() + 60
-        while "keeps crashing" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while "keeps crashing" not in log.read_text() and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
         text = log.read_text()
         assert "tools keeps crashing (3 restarts within 60 s)" in text
         assert "tools_that_are_missing" in text, "the cause is in the log"
