@@ -122,6 +122,8 @@ async def tap(
                 break
             events = await poller.poll(None if timeout is None else int(timeout * 1000) + 1)
             for sock, _ in events:
+                if count and printed >= count:
+                    break
                 frames = await sock.recv_multipart()
                 text = printer.line(frames, time.monotonic_ns())
                 if text:
