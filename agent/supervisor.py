@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from agent import topics
 from agent.bus import Bus, Proxy
 from agent.config import Settings, SupervisorSettings
 from agent.errors import SupervisorError
-from agent.messages import Heartbeat, Shutdown
+from agent.messages import Heartbeat, Metrics, Shutdown, VideoStats
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,7 @@ class Supervisor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._proxy: Proxy | None = None
         self._bus: Bus | None = None
+        self._metrics: _MetricsExporter | None = None
         names: list[str] = ["emulator"] if settings.emulator.embedded else []
         for service in settings.supervisor.services:
             if only is not None and service not in only:
@@ -164,7 +165,9 @@ class Supervisor:
         self._proxy = Proxy(self.settings.bus)
         self._proxy.start()
         self._bus = Bus(self.settings.bus, topics.SUPERVISOR)
-        self._bus.subscribe("health.")
+        self._bus.subscribe("health.", "metrics.", topics.VIDEO_STATS)
+        if self._sup.metrics_port:
+            self._metrics = _MetricsExporter(self._sup.metrics_host, self._sup.metrics_port)
         try:
             await self._bus.start()
             for child in self.children.values():
@@ -248,6 +251,8 @@ class Supervisor:
                     child.last_beat = time.monotonic()
                     if child.phase is ChildPhase.STARTING:
                         child.set_phase(ChildPhase.RUNNING, "first heartbeat")
+            if self._metrics is not None:
+                self._metrics.observe(d.msg, self.children.values())
 
     async def _watchdog(self) -> None:
         while True:
@@ -317,8 +322,46 @@ class Supervisor:
             await self._bus.close()
         if self._proxy is not None:
             self._proxy.stop()
+        if self._metrics is not None:
+            self._metrics.close()
         codes = {c.name: c.exit_codes[-1] if c.exit_codes else None for c in self.children.values()}
         log.info("= all stopped: %s", ", ".join(f"{k}={v}" for k, v in codes.items()))
+
+
+class _MetricsExporter:
+    """Prometheus endpoint: child state and restarts, plus every ``metrics.*`` value."""
+
+    def __init__(self, host: str, port: int):
+        import prometheus_client as prom
+
+        self._registry = prom.CollectorRegistry()
+        self.up = prom.Gauge(
+            "navtalk_agent_up", "1 when the process sends heartbeats", ["service"],
+            registry=self._registry,
+        )  # fmt: skip
+        self.restarts = prom.Gauge(
+            "navtalk_agent_restarts", "restarts since start", ["service"], registry=self._registry
+        )
+        self.value = prom.Gauge(
+            "navtalk_agent_metric", "a service's own metric", ["service", "name"],
+            registry=self._registry,
+        )  # fmt: skip
+        self._server, self._thread = prom.start_http_server(port, host, registry=self._registry)
+        log.info("= metrics on http://%s:%d/metrics", host, port)
+
+    def observe(self, msg: object, children: Iterable[Child]) -> None:
+        for child in children:
+            self.up.labels(child.name).set(1 if child.phase is ChildPhase.RUNNING else 0)
+            self.restarts.labels(child.name).set(child.restarts)
+        if isinstance(msg, Metrics):
+            for name, v in msg.values.items():
+                self.value.labels(msg.service, name).set(v)
+        elif isinstance(msg, VideoStats):
+            for name in ("frames_received", "frames_rendered", "frames_dropped"):
+                self.value.labels("display", name).set(getattr(msg, name))
+
+    def close(self) -> None:
+        self._server.shutdown()
 
 
 def run_proxy_forever(settings: Settings, stop: Callable[[], bool] | None = None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import urllib.request
 import time
 from pathlib import Path
 
@@ -39,14 +41,26 @@ def test_restart_policy_forgets_old_crashes_and_resets_after_stable_run() -> Non
     assert p.on_exit(now=200.0, ran_for_s=60.0) == 1.0  # ran a long time: backoff reset
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
-def sup_config(short_tmp: Path) -> Path:
+def metrics_port() -> int:
+    return _free_port()
+
+
+@pytest.fixture
+def sup_config(short_tmp: Path, metrics_port: int) -> Path:
     from tests.conftest import ipc_bus_settings
 
     cfg = short_tmp / "sup.toml"
     cfg.write_text(
         bus_toml(ipc_bus_settings(str(short_tmp)))
-        + "\n[supervisor]\nheartbeat_interval_s = 0.2\nheartbeat_timeout_s = 1.5\n"
+        + f"\n[supervisor]\nmetrics_port = {metrics_port}\n"
+        "heartbeat_interval_s = 0.2\nheartbeat_timeout_s = 1.5\n"
         "startup_grace_s = 20\nrestart_initial_s = 0.2\nstop_timeout_s = 3\n"
         '\n[tools]\ndisabled_builtins = ["take_photo"]\n'
     )
@@ -54,7 +68,7 @@ def sup_config(short_tmp: Path) -> Path:
 
 
 async def test_sigkilled_child_is_restarted_and_sigterm_leaves_no_orphan(
-    sup_config: Path, short_tmp: Path
+    sup_config: Path, short_tmp: Path, metrics_port: int
 ) -> None:
     from agent.config import load
 
@@ -72,6 +86,11 @@ async def test_sigkilled_child_is_restarted_and_sigterm_leaves_no_orphan(
             os.kill(second.pid, signal.SIGSTOP)
             third = await next_beat(bus, "tools", timeout=20, not_pid=second.pid)
             assert third.pid not in (first.pid, second.pid)
+            await next_beat(bus, "tools", timeout=5)  # the supervisor has seen it too by now
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            text = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+            assert 'navtalk_agent_up{service="tools"} 1.0' in text
+            assert 'navtalk_agent_restarts{service="tools"} 2.0' in text
         t0 = time.monotonic()
         assert stop(proc) == 0
         assert time.monotonic() - t0 < 6, "clean stop within a few seconds"
