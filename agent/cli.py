@@ -39,6 +39,14 @@ def _add_config(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="TOML profile (default: built-in defaults; see config/default.toml)",
     )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. --set display.backend=window (repeatable)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError as exc:  # pragma: no cover - only while the emulator is missing
         p.set_defaults(_emulator_missing=str(exc))
 
-    sub.add_parser("devices", help="list audio input and output devices")
+    p = sub.add_parser("devices", help="list audio input and output devices")
 
     p = sub.add_parser("history", help="manage the stored conversation history")
     p.add_argument("action", choices=["clear"])
@@ -99,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load(getattr(args, "file", None) or getattr(args, "config", None))
+    path = getattr(args, "file", None) or getattr(args, "config", None)
+    return load(path, getattr(args, "overrides", []))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,7 +154,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "run":
         from agent.supervisor import Supervisor
 
-        sup = Supervisor(settings, config_path=args.config, only=args.only)
+        sup = Supervisor(
+            settings, config_path=args.config, overrides=args.overrides, only=args.only
+        )
         return asyncio.run(sup.run())
     if cmd == "service":
         from agent.runtime import serve

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,6 +35,7 @@ __all__ = [
     "Settings",
     "SupervisorSettings",
     "default_settings",
+    "apply_overrides",
     "load",
     "loads",
 ]
@@ -164,12 +166,38 @@ def _explain(exc: msgspec.ValidationError, raw: dict[str, Any], origin: str) -> 
     return ConfigError(f"{origin}: {key}{shown}: {reason}")
 
 
-def loads(text: str, origin: str = "<config>") -> Settings:
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Apply ``section.key=value`` overrides (the CLI's ``--set``) to a raw TOML dict.
+
+    The value is read as a TOML value (``5``, ``true``, ``[0, 1]``, ``"x"``); anything
+    that is not valid TOML is taken as a plain string (``display.backend=window``).
+    """
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not re.fullmatch(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*", key):
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. display.backend=window")
+        try:
+            value: Any = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[leaf] = value
+
+
+def loads(text: str, origin: str = "<config>", overrides: Sequence[str] = ()) -> Settings:
     """Parse TOML text into Settings, raising ConfigError with the key on any problem."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{origin}: not valid TOML: {exc}") from exc
+    apply_overrides(raw, overrides)
     if "source" in raw:
         raise ConfigError(f"{origin}: unknown setting 'source' (see config/default.toml)")
     for secret in ("license", "navtalk_license"):
@@ -186,16 +214,16 @@ def loads(text: str, origin: str = "<config>") -> Settings:
     return msgspec.structs.replace(settings, source=origin)
 
 
-def load(path: str | os.PathLike[str] | None) -> Settings:
-    """Load a TOML profile; ``None`` gives the built-in defaults."""
+def load(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> Settings:
+    """Load a TOML profile (``None``: the built-in defaults), then apply ``--set`` overrides."""
     if path is None:
-        return default_settings()
+        return loads("", origin="", overrides=overrides)
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
-    return loads(text, origin=str(p))
+    return loads(text, origin=str(p), overrides=overrides)
 
 
 def navtalk_license() -> str:

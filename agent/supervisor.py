@@ -119,6 +119,7 @@ class Supervisor:
         settings: Settings,
         *,
         config_path: str | None,
+        overrides: Sequence[str] = (),
         python: str = sys.executable,
         env: dict[str, str] | None = None,
         only: Sequence[str] | None = None,
@@ -126,6 +127,8 @@ class Supervisor:
         self.settings = settings
         self._sup = settings.supervisor
         self._config_args = ["--config", config_path] if config_path else []
+        for item in overrides:
+            self._config_args += ["--set", item]
         self._python = python
         self._env = env
         self.children: dict[str, Child] = {}

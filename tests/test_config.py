@@ -105,3 +105,18 @@ def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
         timeout=60,
     )
     assert ok.returncode == 0, ok.stderr
+
+
+def test_set_overrides_are_typed_and_validated() -> None:
+    s = loads(
+        "[supervisor]\ncrash_loop_restarts = 2\n",
+        overrides=["supervisor.crash_loop_restarts=7", "supervisor.cpu_affinity.mic=[1]",
+                   "log.level=DEBUG"],
+    )  # fmt: skip
+    assert s.supervisor.crash_loop_restarts == 7
+    assert s.supervisor.cpu_affinity == {"mic": [1]}
+    assert s.log.level == "DEBUG"
+    with pytest.raises(ConfigError, match=r"supervisor\.crash_loop_restarts = 'many'"):
+        loads("", overrides=["supervisor.crash_loop_restarts=many"])
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        loads("", overrides=["nonsense"])
