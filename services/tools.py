@@ -31,7 +31,7 @@ from typing import Any
 from agent import topics
 from agent.bus import Bus
 from agent.config import Settings
-from agent.errors import BusError, DeviceError
+from agent.errors import BusError
 from agent.messages import (
     Message,
     Metrics,
@@ -56,11 +56,8 @@ _CATALOG_PHASES = frozenset({SessionPhase.CONNECTING, SessionPhase.CONNECTED})
 
 def _camera_opener(settings: Settings) -> Callable[[], Camera]:
     def open_() -> Camera:
-        try:
-            # hardware/camera.py is another engineer's; guarded until it lands everywhere.
-            from hardware.camera import open_camera  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:
-            raise DeviceError(f"the camera backend is not available: {exc}") from exc
+        from hardware.camera import open_camera  # late: OpenCV is imported on first photo
+
         camera: Camera = open_camera(settings.camera)
         return camera
 

@@ -15,16 +15,11 @@ from agent.tools.plugin import Tool, ToolContext, tool
 
 __all__ = [
     "BUILTIN_TOOLS",
-    "encode_jpeg",
     "end_conversation",
     "get_current_time",
     "set_volume",
     "take_photo",
 ]
-
-PHOTO_MAX_WIDTH = 960  # the vendor's samples send about 960 x 540
-PHOTO_MAX_HEIGHT = 540
-PHOTO_JPEG_QUALITY = 70
 
 
 @tool
@@ -66,8 +61,17 @@ def take_photo(ctx: ToolContext) -> dict[str, Any]:
     Use it when the guest asks you to look at something or at them. The photo is sent
     to you as an image right after this result.
     """
+    from hardware.camera import encode_jpeg  # late: importing OpenCV takes ~100 ms
+
     frame = ctx.camera.read()
-    jpeg, width, height = encode_jpeg(frame)
+    if frame.ndim not in (2, 3) or frame.size == 0:
+        raise DeviceError(f"the camera returned an unusable frame of shape {frame.shape}")
+    cam = ctx.settings.camera
+    jpeg = encode_jpeg(frame, quality=cam.jpeg_quality, width=cam.width)
+    height, width = frame.shape[:2]
+    if cam.width and width > cam.width:
+        width, height = cam.width, max(1, round(height * cam.width / width))
+    # Published before the result, on the same socket: the session sees the image first.
     ctx.publish(topics.INPUT_IMAGE, ImageInput(mime_type="image/jpeg", reply=False), jpeg)
     return {
         "ok": True,
@@ -75,31 +79,6 @@ def take_photo(ctx: ToolContext) -> dict[str, Any]:
         "height": height,
         "note": "The photo was sent to you as an image; describe what you see.",
     }
-
-
-def encode_jpeg(
-    frame: Any,
-    *,
-    max_width: int = PHOTO_MAX_WIDTH,
-    max_height: int = PHOTO_MAX_HEIGHT,
-    quality: int = PHOTO_JPEG_QUALITY,
-) -> tuple[bytes, int, int]:
-    """A BGR frame as JPEG bytes, scaled down to fit ``max_width`` x ``max_height``."""
-    import cv2  # late: importing OpenCV costs ~100 ms and only this tool needs it
-    import numpy as np
-
-    image = np.asarray(frame)
-    if image.ndim not in (2, 3) or image.size == 0:
-        raise DeviceError(f"the camera returned an unusable frame of shape {image.shape}")
-    height, width = image.shape[:2]
-    scale = min(1.0, max_width / width, max_height / height)
-    if scale < 1.0:
-        width, height = max(1, round(width * scale)), max(1, round(height * scale))
-        image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise DeviceError("JPEG encoding of the camera frame failed")
-    return bytes(buf), width, height
 
 
 @tool
