@@ -1,0 +1,384 @@
+"""The display service: the WebRTC peer and the screen.
+
+::
+
+    webrtc.remote.offer/answer/ice ──▶ DisplayPeer (aiortc) ──▶ webrtc.local.answer/offer/ice
+                                          │ video frames            │ audio frames
+                               latest-frame-wins slot          audio.out (PCM s16, track rate)
+                                          │
+    session.state, vad.state,      DisplayModel ──overlay──▶ Composer ──▶ Screen (window/file/null)
+    navtalk.speech, speaker.state,                 (screen thread: decode → compose → show)
+    navtalk.transcript.*, control.barge_in
+                                                   counters + render lag ──▶ video.stats
+
+Decisions live in the sans-I/O parts (:mod:`agent.video.compose`,
+:mod:`agent.video.negotiation`); this module only feeds them and carries out
+what they say. Every screen call runs on one dedicated thread (OpenCV's Qt
+window must be driven from a single thread, and encoding must not block the
+event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+
+from agent import topics
+from agent.bus import Bus, Delivery
+from agent.config import Settings
+from agent.errors import DeviceError, NavtalkAgentError
+from agent.messages import (
+    AssistantTranscript,
+    AudioFrame,
+    BargeIn,
+    ConnectionEvent,
+    ConnectionStatus,
+    IceCandidate,
+    IceServer,
+    SdpMessage,
+    ServerSpeech,
+    SessionPhase,
+    SessionState,
+    SpeakerState,
+    UserTranscript,
+    VadState,
+    VideoStats,
+)
+from agent.video.compose import Composer, DisplayModel, Image, Overlay
+from agent.video.negotiation import Action, NegotiationPolicy
+from agent.video.peer import DisplayPeer
+from agent.video.settings import DisplaySettings
+from hardware.screen import NullScreen, Screen, open_screen
+
+__all__ = ["LIVE_PHASES", "run"]
+
+log = logging.getLogger(__name__)
+
+LIVE_PHASES = frozenset({SessionPhase.CONNECTED, SessionPhase.CREATED, SessionPhase.READY})
+TICK_S = 0.25  # how often the negotiation policy looks at its deadlines
+LAG_SAMPLES = 1000  # render-lag samples kept for the percentiles
+
+
+@dataclass(slots=True)
+class _Pending:
+    frame: Any  # av.VideoFrame
+    generation: int
+    received: float  # monotonic seconds
+
+
+class _Display:
+    def __init__(self, ds: DisplaySettings, bus: Bus, screen: Screen) -> None:
+        self.ds = ds
+        self.bus = bus
+        self.screen = screen
+        self.model = DisplayModel(ds.caption_hold_s)
+        self.policy = NegotiationPolicy(ds.renegotiation_timeout_s)
+        self.composer = Composer(
+            ds.width,
+            ds.height,
+            captions=ds.captions,
+            font_scale=ds.caption_font_scale,
+            badge=ds.badge,
+            idle_image=_load_idle_image(ds.idle_image),
+        )
+        self.peer = DisplayPeer(ds.webrtc_host, self._on_frame, self._on_state)
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="screen")
+        self.ice_servers: list[IceServer] = []
+        self._slot: collections.deque[_Pending] = collections.deque()
+        self._frame_ready = asyncio.Event()
+        self._last_avatar: Image | None = None
+        self._video_generation = 0  # generation whose video is on screen
+        self._audio_resampler: av.AudioResampler | None = None
+        self.received = 0
+        self.rendered = 0
+        self.dropped = 0
+        self.audio_frames = 0
+        self._lags: collections.deque[float] = collections.deque(maxlen=LAG_SAMPLES)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- media from the peer (event loop) -------------------------------------------------
+
+    def _on_frame(self, kind: str, generation: int, frame: Any) -> None:
+        if generation != self.peer.generation:
+            return  # a stale connection's last frames
+        now = time.monotonic()
+        if kind == "video":
+            self.received += 1
+            if len(self._slot) >= self.ds.frame_queue:
+                self._slot.popleft()
+                self.dropped += 1
+            self._slot.append(_Pending(frame, generation, now))
+            self._frame_ready.set()
+            if self._video_generation != generation:
+                self._video_generation = generation
+                self.model.on_video(True, now)
+        elif kind == "audio":
+            self._forward_audio(frame, generation, now)
+
+    def _forward_audio(self, frame: Any, generation: int, now: float) -> None:
+        if frame.format.name != "s16":
+            if self._audio_resampler is None:
+                self._audio_resampler = av.AudioResampler(
+                    format="s16", layout=frame.layout.name, rate=frame.sample_rate
+                )
+            frames = self._audio_resampler.resample(frame)
+        else:
+            frames = [frame]
+        for f in frames:
+            channels = len(f.layout.channels)
+            pcm = np.ascontiguousarray(f.to_ndarray().reshape(-1), dtype="<i2")
+            x = pcm.astype(np.float32)
+            self.model.on_voice_level(
+                float(np.sqrt(np.mean(x * x))) / 32768.0 if len(x) else 0, now
+            )
+            data = pcm.tobytes()
+            self.audio_frames += 1
+            if self.ds.forward_audio:
+                self.bus.publish(
+                    topics.AUDIO_OUT,
+                    AudioFrame(
+                        sample_rate_hz=int(f.sample_rate),
+                        channels=channels,
+                        capture_mono_ns=int(now * 1e9),
+                        stream_id=f"webrtc-{generation}",
+                    ),
+                    data,
+                )
+            self.executor.submit(self._write_audio, data, int(f.sample_rate), channels, now)
+
+    def _write_audio(self, data: bytes, rate: int, channels: int, at_s: float) -> None:
+        try:
+            self.screen.write_audio(data, rate, channels, at_s)
+        except Exception:
+            log.exception("screen audio write failed")
+
+    def _on_state(self, generation: int, state: str) -> None:
+        if generation != self.peer.generation:
+            return
+        now = time.monotonic()
+        if state in ("failed", "closed"):
+            self.model.on_video(False, now)
+            self._video_generation = 0
+        if self.policy.on_connection_state(state, now) is Action.OFFER:
+            self._spawn(self._offer(f"connection {state}"))
+
+    # --- rendering -------------------------------------------------------------------------
+
+    async def render_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        idle_period = 1.0 / self.ds.idle_fps
+        while True:
+            try:
+                await asyncio.wait_for(self._frame_ready.wait(), idle_period)
+            except TimeoutError:
+                pass
+            self._frame_ready.clear()
+            item = self._slot.pop() if self._slot else None
+            while self._slot:  # only ever with frame_queue > 1: newest wins, the rest drop
+                self._slot.popleft()
+                self.dropped += 1
+            overlay = self.model.overlay(time.monotonic())
+            try:
+                await loop.run_in_executor(self.executor, self._render, item, overlay)
+            except DeviceError as exc:
+                log.error("screen failed, continuing without it: %s", exc)
+                self.screen = NullScreen()
+
+    def _render(self, item: _Pending | None, overlay: Overlay) -> None:
+        """Screen thread: decode, compose, show."""
+        if item is not None:
+            self._last_avatar = item.frame.to_ndarray(format="bgr24")
+        avatar = self._last_avatar if self._video_generation else None
+        canvas = self.composer.compose(avatar, overlay)
+        self.screen.show(canvas, item.received if item is not None else time.monotonic())
+        if item is not None:
+            self.rendered += 1
+            self._lags.append(time.monotonic() - item.received)
+
+    def stats(self) -> VideoStats:
+        lags = np.array(self._lags) * 1000 if self._lags else np.zeros(1)
+        return VideoStats(
+            frames_received=self.received,
+            frames_rendered=self.rendered,
+            frames_dropped=self.dropped,
+            render_lag_ms_p50=round(float(np.percentile(lags, 50)), 2),
+            render_lag_ms_p99=round(float(np.percentile(lags, 99)), 2),
+            connection_state=self.peer.connection_state,
+        )
+
+    async def stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.ds.stats_interval_s)
+            st = self.stats()
+            self.bus.publish(topics.VIDEO_STATS, st)
+            log.debug(
+                "> video.stats received=%d rendered=%d dropped=%d lag p50=%.1f ms",
+                st.frames_received,
+                st.frames_rendered,
+                st.frames_dropped,
+                st.render_lag_ms_p50,
+            )
+
+    # --- signaling ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.append(task)
+        task.add_done_callback(self._tasks.remove)
+
+    async def _offer(self, why: str) -> None:
+        now = time.monotonic()
+        self.policy.on_offer_sent(now)  # also when it fails: the timeout paces the retries
+        self.model.on_video(False, now)
+        self._video_generation = 0
+        try:
+            offer = await self.peer.offer(self.ice_servers)
+        except Exception:
+            log.exception("cannot make an offer")
+            return
+        log.info("> webrtc.local.offer (%s), generation %d", why, self.peer.generation)
+        self.bus.publish(topics.WEBRTC_LOCAL_OFFER, offer)
+        self._trickle()
+
+    def _trickle(self) -> None:
+        if not self.ds.trickle_local_ice:
+            return
+        for c in self.peer.local_candidates():
+            self.bus.publish(topics.WEBRTC_LOCAL_ICE, c)
+        log.info("> webrtc.local.ice x%d", len(self.peer.local_candidates()))
+
+    async def tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            if self.policy.tick(time.monotonic()) is Action.OFFER:
+                await self._offer(f"{self.policy.step} timed out")
+
+    async def handle(self, d: Delivery) -> None:
+        msg, now = d.msg, time.monotonic()
+        if isinstance(msg, SdpMessage) and d.topic == topics.WEBRTC_REMOTE_OFFER:
+            log.info("< webrtc.remote.offer (%d bytes)", len(msg.sdp))
+            self.model.on_video(False, now)
+            self._video_generation = 0
+            answer = await self.peer.answer(msg, msg.ice_servers or self.ice_servers)
+            self.policy.on_remote_offer(time.monotonic())
+            self.bus.publish(topics.WEBRTC_LOCAL_ANSWER, answer)
+            log.info("> webrtc.local.answer, generation %d", self.peer.generation)
+            self._trickle()
+        elif isinstance(msg, SdpMessage) and d.topic == topics.WEBRTC_REMOTE_ANSWER:
+            log.info("< webrtc.remote.answer")
+            if await self.peer.accept_answer(msg):
+                self.policy.on_answer(time.monotonic())
+        elif isinstance(msg, IceCandidate):
+            await self.peer.add_candidate(msg)
+        elif isinstance(msg, SessionState):
+            if msg.ice_servers:
+                self.ice_servers = list(msg.ice_servers)
+            live = msg.phase in LIVE_PHASES
+            self.model.on_session(live, now)
+            if self.policy.on_session(live, now) is Action.CLOSE:
+                log.info("= session %s: closing the peer connection", msg.phase)
+                self._video_generation = 0
+                await self.peer.close()
+        elif isinstance(msg, ConnectionEvent):
+            if msg.status is ConnectionStatus.SUCCESS and msg.ice_servers:
+                self.ice_servers = list(msg.ice_servers)
+        elif isinstance(msg, UserTranscript):
+            self.model.on_user_transcript(msg.text, now)
+        elif isinstance(msg, AssistantTranscript):
+            self.model.on_assistant_transcript(msg.response_id, msg.text, msg.final, now)
+        elif isinstance(msg, VadState | ServerSpeech):
+            self.model.on_guest_speech(
+                msg.speaking if isinstance(msg, VadState) else msg.started, now
+            )
+        elif isinstance(msg, SpeakerState):
+            self.model.on_speaker(msg.playing, now)
+        elif isinstance(msg, BargeIn):
+            self.model.on_barge_in(now)
+
+    async def message_loop(self) -> None:
+        async for d in self.bus:
+            try:
+                await self.handle(d)
+            except NavtalkAgentError as exc:
+                log.warning("< %s not handled: %s", d.topic, exc)
+            except Exception:
+                log.exception("< %s: handler failed; continuing", d.topic)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.peer.close()
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.executor, self.screen.close)
+        except Exception:
+            log.exception("closing the screen failed")
+        self.executor.shutdown(wait=True)
+
+
+def _load_idle_image(path: str) -> Image | None:
+    if not path:
+        return None
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        log.warning("= idle image %r cannot be read; using the drawn placeholder", path)
+        return None
+    return np.asarray(image, dtype=np.uint8)
+
+
+SUBSCRIPTIONS = (
+    topics.WEBRTC_REMOTE_OFFER,
+    topics.WEBRTC_REMOTE_ANSWER,
+    topics.WEBRTC_REMOTE_ICE,
+    topics.SESSION_STATE,
+    topics.NAVTALK_CONNECTION,
+    topics.NAVTALK_TRANSCRIPT_USER,
+    topics.NAVTALK_TRANSCRIPT_ASSISTANT,
+    topics.NAVTALK_SPEECH,
+    topics.VAD_STATE,
+    topics.SPEAKER_STATE,
+    topics.CONTROL_BARGE_IN,
+)
+
+
+async def run(settings: Settings, bus: Bus, *, screen: Screen | None = None) -> None:
+    """Serve the display until cancelled. ``screen`` is built from settings when not given
+    (and is opened and closed here either way)."""
+    ds = settings.display
+    bus.subscribe(*SUBSCRIPTIONS)
+    await bus.start()
+    if screen is None:
+        screen = open_screen(ds)
+    loop = asyncio.get_running_loop()
+    display = _Display(ds, bus, screen)
+    try:
+        await loop.run_in_executor(display.executor, screen.open)
+    except DeviceError as exc:
+        log.error("= screen %s unavailable (%s); video is received but not shown", ds.backend, exc)
+        display.screen = NullScreen()
+    loops = [
+        asyncio.create_task(display.message_loop(), name="display-messages"),
+        asyncio.create_task(display.render_loop(), name="display-render"),
+        asyncio.create_task(display.tick_loop(), name="display-negotiation"),
+        asyncio.create_task(display.stats_loop(), name="display-stats"),
+    ]
+    try:
+        done, _ = await asyncio.wait(loops, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()  # a loop that ended on its own: raise its error to the runtime
+    finally:
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await display.close()
+        bus.publish(topics.VIDEO_STATS, display.stats())

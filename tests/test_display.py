@@ -1,0 +1,254 @@
+"""The display service on a real bus, against a real aiortc peer sending the emulator's avatar.
+
+The test plays the session's part (it publishes session.state and relays the
+signaling) and the server's (an RTCPeerConnection carrying AvatarMedia).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
+
+from agent import topics
+from agent.bus import Bus, Delivery
+from agent.config import BusSettings, Settings, default_settings
+from agent.emulator.avatar import AvatarMedia
+from agent.messages import (
+    AudioFrame,
+    IceCandidate,
+    Message,
+    SdpMessage,
+    SessionPhase,
+    SessionState,
+    VideoStats,
+)
+from agent.video.peer import restrict_ice_host, sdp_candidate_addresses
+from agent.video.settings import DisplaySettings
+from hardware.screen import FileScreen, NullScreen, Screen
+from services import display
+from tests.test_video_file_screen import ffprobe
+
+TIMEOUT = 20.0
+
+
+def settings_for(bus: BusSettings, **display_kw: object) -> Settings:
+    ds = DisplaySettings(
+        backend="null",
+        width=512,
+        height=512,
+        stats_interval_s=0.2,
+        renegotiation_timeout_s=4.0,
+        **display_kw,  # type: ignore[arg-type]
+    )
+    return msgspec.structs.replace(default_settings(), bus=bus, display=ds)
+
+
+class Server:
+    """The cloud's side of WebRTC: an aiortc peer sending the avatar."""
+
+    def __init__(self) -> None:
+        restrict_ice_host("127.0.0.1")
+        self.media = AvatarMedia(256, 256, 25)
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+    async def offer(self) -> SdpMessage:
+        self.pc.addTrack(self.media.video)
+        self.pc.addTrack(self.media.audio)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return SdpMessage(sdp_type="offer", sdp=self.pc.localDescription.sdp)
+
+    async def answer(self, offer: SdpMessage) -> SdpMessage:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        self.pc.addTrack(self.media.video)
+        self.pc.addTrack(self.media.audio)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        return SdpMessage(sdp_type="answer", sdp=self.pc.localDescription.sdp)
+
+    async def accept(self, answer: SdpMessage) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer.sdp, type="answer"))
+
+    async def add_ice(self, c: IceCandidate) -> None:
+        cand = candidate_from_sdp(c.candidate.removeprefix("candidate:"))
+        cand.sdpMid, cand.sdpMLineIndex = c.sdp_mid, c.sdp_mline_index
+        await self.pc.addIceCandidate(cand)
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+async def next_matching(
+    bus: Bus, topic: str, pred: Callable[[Message], bool] = lambda m: True
+) -> Delivery:
+    async def find() -> Delivery:
+        async for d in bus:
+            if d.topic == topic and pred(d.msg):
+                return d
+        raise AssertionError("bus closed")
+
+    return await asyncio.wait_for(find(), TIMEOUT)
+
+
+@contextlib.asynccontextmanager
+async def running_display(
+    bus_settings: BusSettings, screen: Screen, session: Bus, **display_kw: object
+) -> AsyncIterator[Bus]:
+    """Run the display service; return once it is on the bus (its first video.stats)."""
+    bus = Bus(bus_settings, "display")
+    task = asyncio.create_task(
+        display.run(settings_for(bus_settings, **display_kw), bus, screen=screen)
+    )
+    try:
+        await next_matching(session, topics.VIDEO_STATS)
+        yield bus
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await bus.close()
+
+
+async def session_bus(make_bus: Callable[..., object]) -> Bus:
+    bus = await make_bus(  # type: ignore[operator]
+        "session",
+        topics.WEBRTC_LOCAL_OFFER,
+        topics.WEBRTC_LOCAL_ANSWER,
+        topics.WEBRTC_LOCAL_ICE,
+        topics.VIDEO_STATS,
+        topics.AUDIO_OUT,
+    )
+    assert isinstance(bus, Bus)
+    return bus
+
+
+async def publish_until_seen(bus: Bus, topic: str, msg: Message, seen: asyncio.Event) -> None:
+    """Publish periodically (as the session does for session.state) until ``seen`` is set."""
+    while not seen.is_set():
+        bus.publish(topic, msg)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(seen.wait(), 0.2)
+
+
+async def test_answers_server_offer_renders_video_and_forwards_voice(
+    bus_settings: BusSettings, make_bus: Callable[..., object], tmp_path: Path
+) -> None:
+    session = await session_bus(make_bus)
+    server = Server()
+    screen = FileScreen(tmp_path / "display.mp4", 25, audio=True)
+    async with running_display(bus_settings, screen, session):
+        # A new session: connecting, then live; the server offers.
+        session.publish(topics.SESSION_STATE, SessionState(phase=SessionPhase.CONNECTING))
+        session.publish(topics.SESSION_STATE, SessionState(phase=SessionPhase.CONNECTED))
+        offer = await server.offer()
+        session.publish(topics.WEBRTC_REMOTE_OFFER, offer)
+        answer = await next_matching(session, topics.WEBRTC_LOCAL_ANSWER)
+        assert isinstance(answer.msg, SdpMessage)
+        assert set(sdp_candidate_addresses(answer.msg.sdp)) == {"127.0.0.1"}
+        assert set(sdp_candidate_addresses(offer.sdp)) == {"127.0.0.1"}
+        await server.accept(answer.msg)
+        ice = await next_matching(session, topics.WEBRTC_LOCAL_ICE)
+        assert isinstance(ice.msg, IceCandidate) and " 127.0.0.1 " in ice.msg.candidate
+        await server.add_ice(ice.msg)  # trickled duplicates are harmless
+        server.media.speak((np.sin(np.arange(24_000) / 5) * 12_000).astype("<i2").tobytes())
+
+        voice = await next_matching(
+            session,
+            topics.AUDIO_OUT,
+            lambda m: isinstance(m, AudioFrame) and m.sample_rate_hz == 48_000,
+        )
+        assert isinstance(voice.msg, AudioFrame) and voice.msg.channels in (1, 2)
+        samples = np.frombuffer(voice.payload[0], "<i2")
+        assert len(samples) == 960 * voice.msg.channels  # 20 ms
+
+        def rms(d: Delivery) -> float:
+            x = np.frombuffer(d.payload[0], "<i2").astype(np.float64)
+            return float(np.sqrt(np.mean(x * x)))
+
+        async def loud_frame() -> Delivery:
+            while rms(d := await next_matching(session, topics.AUDIO_OUT)) < 2000:
+                pass
+            return d
+
+        await asyncio.wait_for(loud_frame(), TIMEOUT)  # the spoken voice comes through
+
+        stats = await next_matching(
+            session,
+            topics.VIDEO_STATS,
+            lambda m: isinstance(m, VideoStats) and m.frames_rendered >= 40,
+        )
+        assert isinstance(stats.msg, VideoStats)
+        st = stats.msg
+        assert st.connection_state == "connected"
+        assert st.frames_received - st.frames_rendered - st.frames_dropped in (0, 1)
+        assert st.render_lag_ms_p50 < 40
+    await server.close()
+    streams = ffprobe(tmp_path / "display.mp4")
+    video = next(s for s in streams if s["codec_name"] == "h264")
+    assert (video["width"], video["height"]) == (512, 512)
+    assert int(video["nb_read_frames"]) >= 40
+    assert any(s["codec_name"] == "aac" for s in streams)
+
+
+async def test_restarted_display_offers_and_renegotiates_after_failure(
+    bus_settings: BusSettings, make_bus: Callable[..., object]
+) -> None:
+    session = await session_bus(make_bus)
+    servers: list[Server] = []
+    async with running_display(bus_settings, NullScreen(), session):
+        # The session is already live when the display starts: it offers by itself.
+        seen = asyncio.Event()
+        keep = asyncio.create_task(
+            publish_until_seen(
+                session, topics.SESSION_STATE, SessionState(phase=SessionPhase.READY), seen
+            )
+        )
+        try:
+            for round_ in range(2):
+                offer = await next_matching(session, topics.WEBRTC_LOCAL_OFFER)
+                seen.set()
+                assert isinstance(offer.msg, SdpMessage) and offer.msg.sdp_type == "offer"
+                assert set(sdp_candidate_addresses(offer.msg.sdp)) == {"127.0.0.1"}
+                server = Server()
+                servers.append(server)
+                session.publish(topics.WEBRTC_REMOTE_ANSWER, await server.answer(offer.msg))
+                before = 0
+                stats = await next_matching(
+                    session,
+                    topics.VIDEO_STATS,
+                    lambda m: isinstance(m, VideoStats) and m.connection_state == "connected",
+                )
+                assert isinstance(stats.msg, VideoStats)
+                before = stats.msg.frames_rendered
+                await next_matching(
+                    session,
+                    topics.VIDEO_STATS,
+                    lambda m, b=before: isinstance(m, VideoStats) and m.frames_rendered > b + 10,
+                )
+                if round_ == 0:
+                    await server.close()  # the server side goes away: the display offers again
+        finally:
+            keep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep
+    for s in servers:
+        await s.close()
+
+
+async def test_screen_that_cannot_open_does_not_stop_the_service(
+    bus_settings: BusSettings, make_bus: Callable[..., object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hardware.screen import WindowScreen
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    session = await session_bus(make_bus)
+    async with running_display(bus_settings, WindowScreen(), session):
+        session.publish(topics.SESSION_STATE, SessionState(phase=SessionPhase.CONNECTING))
+        stats = await next_matching(session, topics.VIDEO_STATS)
+        assert isinstance(stats.msg, VideoStats) and stats.msg.frames_rendered == 0

@@ -1,0 +1,81 @@
+"""The MP4 screen: a file standard tools read, with the frames, size and timing it was given."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agent.errors import DeviceError
+from hardware.screen import FileScreen, NullScreen, letterbox
+
+
+def ffprobe(path: Path) -> list[dict[str, Any]]:
+    """Every stream of ``path`` as ffprobe reports it, frames counted by decoding."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-count_frames", "-show_entries",
+         "stream=codec_name,codec_type,width,height,pix_fmt,nb_read_frames,duration,sample_rate",
+         "-of", "json", str(path)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    streams: list[dict[str, Any]] = json.loads(out.stdout)["streams"]
+    return streams
+
+
+def test_mp4_has_every_frame_at_real_speed(tmp_path: Path) -> None:
+    path = tmp_path / "out.mp4"
+    screen = FileScreen(path, fps=25, audio=True)
+    screen.open()
+    t0 = 1000.0
+    frame = np.zeros((360, 641, 3), np.uint8)  # odd width: the sink makes it even
+    for i in range(75):  # 3 s at 25 fps, then a 1 s gap, then 25 more frames
+        frame[:] = (i * 3) % 256
+        at = t0 + i * 0.04 + (1.0 if i >= 50 else 0.0)
+        screen.show(frame, at)
+        tone = (np.sin(np.arange(960) * 2 * np.pi * 440 / 48000) * 8000).astype("<i2")
+        for k in range(2):
+            screen.write_audio(np.repeat(tone, 2).tobytes(), 48000, 2, at + k * 0.02)
+    screen.close()
+    streams = ffprobe(path)
+    video = next(s for s in streams if s["codec_type"] == "video")
+    assert video["codec_name"] == "h264" and video["pix_fmt"] == "yuv420p"
+    assert (video["width"], video["height"]) == (640, 360)
+    assert int(video["nb_read_frames"]) == 75
+    assert abs(float(video["duration"]) - 4.0) < 0.1  # the gap is kept: wall-clock timing
+    audio = next(s for s in streams if s["codec_type"] == "audio")
+    assert audio["codec_name"] == "aac" and audio["sample_rate"] == "48000"
+    assert 2.8 < float(audio["duration"]) < 4.2
+
+
+def test_mp4_without_audio(tmp_path: Path) -> None:
+    screen = FileScreen(tmp_path / "v.mp4", fps=30, audio=False)
+    screen.open()
+    for i in range(10):
+        screen.show(np.full((64, 64, 3), i * 20, np.uint8), 5.0 + i / 30)
+    screen.close()
+    streams = ffprobe(tmp_path / "v.mp4")
+    assert [s["codec_type"] for s in streams] == ["video"]
+    assert int(streams[0]["nb_read_frames"]) == 10
+
+
+def test_unwritable_path_is_a_device_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(DeviceError):
+        FileScreen(blocker / "sub" / "out.mp4").open()
+
+
+def test_null_screen_counts_and_letterbox_keeps_aspect() -> None:
+    s = NullScreen()
+    s.open()
+    s.show(np.zeros((4, 4, 3), np.uint8), 0.0)
+    assert s.frames_shown == 1
+    red = np.zeros((100, 200, 3), np.uint8)
+    red[:] = (0, 0, 255)
+    boxed = letterbox(red, 400, 400)
+    assert boxed.shape == (400, 400, 3)
+    assert (boxed[200, 200] == (0, 0, 255)).all() and (boxed[20, 200] == 0).all()
