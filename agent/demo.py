@@ -1,0 +1,326 @@
+"""The offline demo: the whole agent against the local NavTalk emulator (``make demo``).
+
+::
+
+    guest.wav (espeak-ng) ─▶ mic ─▶ session ◀─WebSocket/WebRTC─▶ emulator (embedded)
+                                     │                               │
+                   tools ◀─tool.call─┤            display ◀─avatar video + voice
+                                     ▼               │          ▼
+                               history.json     avatar.mp4   speaker ─▶ speaker.wav
+
+1. Writes the guest's side of a scripted conversation to ``out/guest.wav``:
+   each line of the emulator script's ``hears`` list, spoken by espeak-ng, at
+   the time given in :data:`GUEST_TIMELINE` (one line talks over the avatar:
+   the barge-in).
+2. Runs ``navtalk-agent run --config config/emulator.toml`` (the supervisor
+   starts the emulator and every service) with the outputs pointed at ``out/``.
+3. Shows a live view of the bus (process health, session state, transcripts,
+   tool calls) until the avatar ends the conversation, then stops everything
+   cleanly and prints where the files are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import wave
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from agent import topics
+from agent.bus import Bus
+from agent.config import load
+from agent.emulator.tts import OUT_RATE_HZ, Tts
+from agent.messages import (
+    AssistantTranscript,
+    BargeIn,
+    Heartbeat,
+    SessionPhase,
+    SessionState,
+    ToolCall,
+    ToolResult,
+    UserTranscript,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "config" / "emulator.toml"
+
+# When (seconds into guest.wav) the guest starts each line of the script's `hears` list.
+# The lead-in covers process start-up and the avatar's greeting; each gap leaves room for
+# the avatar's answer, except before the barge-in line, which starts while it still talks.
+GUEST_TIMELINE: tuple[float, ...] = (11.0, 18.5, 24.5, 35.5, 41.0, 49.0)
+TAIL_SILENCE_S = 12.0
+
+
+@dataclass
+class Outputs:
+    out: Path
+    guest_wav: Path
+    speaker_wav: Path
+    avatar_mp4: Path
+    history_db: Path
+    history_json: Path
+    logs: Path
+
+    @classmethod
+    def under(cls, out: Path) -> Outputs:
+        return cls(
+            out=out,
+            guest_wav=out / "guest.wav",
+            speaker_wav=out / "speaker.wav",
+            avatar_mp4=out / "avatar.mp4",
+            history_db=out / "history.sqlite3",
+            history_json=out / "history.json",
+            logs=out / "logs",
+        )
+
+
+def script_lines(script_path: Path) -> list[str]:
+    with script_path.open("rb") as f:
+        hears = tomllib.load(f).get("hears", [])
+    if not isinstance(hears, list) or not all(isinstance(h, str) for h in hears):
+        raise ValueError(f"{script_path}: `hears` must be a list of strings")
+    return list(hears)
+
+
+async def write_guest_wav(
+    path: Path, lines: Sequence[str], starts_s: Sequence[float], *, tail_s: float = TAIL_SILENCE_S
+) -> list[tuple[float, float]]:
+    """Speak each line at its start time into one 24 kHz mono WAV; returns (start, end) s."""
+    if len(lines) != len(starts_s):
+        raise ValueError(f"{len(lines)} guest lines but {len(starts_s)} start times")
+    tts = Tts()
+    clips = [np.frombuffer(await tts.synthesize(t), dtype="<i2") for t in lines]
+    spans = [(s, s + len(c) / OUT_RATE_HZ) for s, c in zip(starts_s, clips, strict=True)]
+    total = int((spans[-1][1] + tail_s) * OUT_RATE_HZ)
+    pcm = np.zeros(total, dtype="<i2")
+    for (start, _), clip in zip(spans, clips, strict=True):
+        at = int(start * OUT_RATE_HZ)
+        pcm[at : at + len(clip)] = clip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(OUT_RATE_HZ)
+        w.writeframes(pcm.tobytes())
+    return spans
+
+
+def overrides_for(outputs: Outputs, *, window: bool, script: Path | None) -> list[str]:
+    sets = [
+        f'mic.wav_path="{outputs.guest_wav}"',
+        f'speaker.wav_path="{outputs.speaker_wav}"',
+        f'display.file_path="{outputs.avatar_mp4}"',
+        f'session.history_db_path="{outputs.history_db}"',
+        f'log.dir="{outputs.logs}"',
+    ]
+    if window:
+        sets.append('display.backend="window"')
+    if script is not None:
+        sets.append(f'emulator.script_path="{script}"')
+    return sets
+
+
+@dataclass
+class View:
+    """What the live view shows; fed from the bus, rendered by rich (or printed plainly)."""
+
+    processes: dict[str, Heartbeat] = field(default_factory=dict)
+    phase: str = "starting"
+    detail: str = ""
+    transcript: list[tuple[str, str]] = field(default_factory=list)
+    tools: list[str] = field(default_factory=list)
+    barge_ins: int = 0
+    partial: dict[str, str] = field(default_factory=dict)
+    ended: bool = False
+    was_ready: bool = False
+
+    def feed(self, msg: object) -> str | None:
+        """Update from one bus message; returns a plain-text line worth printing, if any."""
+        if isinstance(msg, Heartbeat):
+            self.processes[msg.service] = msg
+        elif isinstance(msg, SessionState):
+            changed = msg.phase.value != self.phase
+            self.phase, self.detail = msg.phase.value, msg.detail
+            if msg.phase is SessionPhase.READY:
+                self.was_ready = True
+            if self.was_ready and msg.phase in (SessionPhase.CLOSED, SessionPhase.FAILED):
+                self.ended = True
+            if changed:
+                return f"session: {msg.phase.value} {msg.detail}".rstrip()
+        elif isinstance(msg, UserTranscript):
+            self.transcript.append(("guest", msg.text))
+            return f"guest:  {msg.text}"
+        elif isinstance(msg, AssistantTranscript):
+            if msg.final:
+                self.partial.pop(msg.response_id, None)
+                self.transcript.append(("avatar", msg.text))
+                return f"avatar: {msg.text}"
+            self.partial[msg.response_id] = self.partial.get(msg.response_id, "") + msg.text
+        elif isinstance(msg, ToolCall):
+            self.tools.append(f"→ {msg.name}({msg.arguments_json})")
+            return f"tool call:   {msg.name}({msg.arguments_json})"
+        elif isinstance(msg, ToolResult):
+            shown = msg.output_json if msg.ok else f"error: {msg.error}"
+            self.tools.append(f"← {msg.name}: {shown[:70]}")
+            return f"tool result: {msg.name} -> {shown[:100]}"
+        elif isinstance(msg, BargeIn):
+            self.barge_ins += 1
+            return "barge-in: the guest interrupted; playback flushed"
+        return None
+
+    def render(self) -> object:
+        from rich.console import Group
+        from rich.panel import Panel
+        from rich.table import Table
+
+        procs = Table(title="processes", expand=True)
+        for col in ("service", "pid", "status", "uptime"):
+            procs.add_column(col)
+        for name, hb in sorted(self.processes.items()):
+            procs.add_row(name, str(hb.pid), hb.status, f"{hb.uptime_s:5.1f} s")
+        lines = [f"[bold]{who:>6}[/]: {text}" for who, text in self.transcript[-10:]]
+        lines += [f"[dim]avatar: {text}…[/]" for text in self.partial.values()]
+        return Group(
+            procs,
+            Panel(f"{self.phase} {self.detail}  ·  barge-ins: {self.barge_ins}", title="session"),
+            Panel("\n".join(lines) or "(nobody has spoken yet)", title="conversation"),
+            Panel("\n".join(self.tools[-6:]) or "(no tool calls yet)", title="tool calls"),
+        )
+
+
+async def watch(
+    config: Path, overrides: Sequence[str], proc: subprocess.Popen[bytes], timeout_s: float,
+    *, live: bool,
+) -> View:  # fmt: skip
+    settings = load(config, overrides)
+    view = View()
+    deadline = time.monotonic() + timeout_s
+    async with Bus(settings.bus, topics.EXTERNAL) as bus:
+        bus.subscribe(
+            "health.", topics.SESSION_STATE, "navtalk.transcript.", topics.TOOL_CALL,
+            topics.TOOL_RESULT, topics.CONTROL_BARGE_IN,
+        )  # fmt: skip
+        ctx = contextlib.nullcontext()
+        if live:
+            from rich.live import Live
+
+            ctx = Live(view.render(), refresh_per_second=4, transient=False)  # type: ignore[assignment]
+        with ctx as screen:
+            while not view.ended and proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    d = await asyncio.wait_for(bus.recv(), 0.25)
+                except TimeoutError:
+                    continue
+                line = view.feed(d.msg)
+                if screen is not None:
+                    screen.update(view.render())
+                elif line:
+                    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+    return view
+
+
+def export_history(db: Path, out: Path) -> int:
+    from agent.navtalk.history import ConversationStore
+
+    if not db.exists():
+        out.write_text("[]\n")
+        return 0
+    with ConversationStore(db) as store:
+        turns = store.turns()
+    out.write_text(json.dumps(msgspec.to_builtins(turns), indent=2, ensure_ascii=False) + "\n")
+    return len(turns)
+
+
+async def run_demo(
+    *,
+    out: Path,
+    config: Path = DEFAULT_CONFIG,
+    window: bool = False,
+    timeout_s: float = 100.0,
+    live: bool | None = None,
+    starts_s: Sequence[float] = GUEST_TIMELINE,
+    script: Path | None = None,
+    extra_overrides: Sequence[str] = (),
+) -> int:
+    outputs = Outputs.under(out.resolve())
+    outputs.out.mkdir(parents=True, exist_ok=True)
+    for stale in (outputs.speaker_wav, outputs.avatar_mp4, outputs.history_db):
+        stale.unlink(missing_ok=True)
+    settings = load(config)
+    script_path = script or Path(settings.emulator.script_path or "")
+    if not script_path.is_file():
+        raise SystemExit(f"demo: the emulator script {script_path} does not exist")
+    lines = script_lines(script_path)
+    print(f"demo: synthesizing the guest's {len(lines)} lines with espeak-ng ...", flush=True)
+    spans = await write_guest_wav(outputs.guest_wav, lines, starts_s[: len(lines)])
+    overrides = [*overrides_for(outputs, window=window, script=script), *extra_overrides]
+    args = [sys.executable, "-m", "agent", "run", "--config", str(config)]
+    for item in overrides:
+        args += ["--set", item]
+    print(f"demo: starting the agent: navtalk-agent run --config {config}", flush=True)
+    outputs.logs.mkdir(parents=True, exist_ok=True)
+    sup_log = (outputs.logs / "run.log").open("wb")
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=sup_log, stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    live = sys.stdout.isatty() if live is None else live
+    try:
+        view = await watch(config, overrides, proc, timeout_s + spans[-1][1], live=live)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            code = await asyncio.to_thread(proc.wait, 20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait()
+        sup_log.close()
+    turns = export_history(outputs.history_db, outputs.history_json)
+    print(f"\ndemo: finished in {time.monotonic() - t0:.0f} s; agent exit code {code}")
+    if not view.ended:
+        print("demo: the conversation did not end by itself (see out/logs/)", file=sys.stderr)
+    for label, path in (
+        ("avatar video (with captions)", outputs.avatar_mp4),
+        ("what the speaker played", outputs.speaker_wav),
+        ("the guest's microphone", outputs.guest_wav),
+        (f"conversation history ({turns} turns)", outputs.history_json),
+        ("logs", outputs.logs),
+    ):
+        print(f"  {label:<34} {path}{'' if path.exists() else '  (missing!)'}")
+    return 0 if code == 0 and view.ended else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m agent.demo", description="The offline demo against the local emulator."
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "out", help="output directory")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="agent profile")
+    parser.add_argument("--window", action="store_true", help="show the real avatar window")
+    parser.add_argument("--timeout", type=float, default=100.0, help="give up after S seconds")
+    parser.add_argument("--plain", action="store_true", help="plain log lines, no live view")
+    args = parser.parse_args(argv)
+    return asyncio.run(
+        run_demo(
+            out=args.out,
+            config=args.config,
+            window=args.window,
+            timeout_s=args.timeout,
+            live=False if args.plain else None,
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
