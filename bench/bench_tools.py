@@ -97,7 +97,9 @@ def _spawn(*args: str) -> subprocess.Popen[bytes]:
 async def _wait_for(bus: Bus, kind: type, call_id: str | None = None) -> Any:
     while True:
         d = await bus.recv()
-        if isinstance(d.msg, kind) and (call_id is None or d.msg.call_id == call_id):
+        if isinstance(d.msg, kind) and (
+            call_id is None or getattr(d.msg, "call_id", "") == call_id
+        ):
             return d.msg
 
 
