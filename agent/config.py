@@ -51,6 +51,8 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 class PlaneEndpoints(_Section, frozen=True, kw_only=True):
+    """One plane of the bus: its proxy's two endpoints and queue bound."""
+
     publish: Endpoint  # where services' PUB sockets connect (the proxy's XSUB binds here)
     subscribe: Endpoint  # where services' SUB sockets connect (the proxy's XPUB binds here)
     hwm: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)]  # high-water mark, messages
@@ -61,6 +63,8 @@ def _ipc(name: str) -> str:
 
 
 class BusSettings(_Section, frozen=True, kw_only=True):
+    """The ZeroMQ bus: ipc:// on one board, tcp:// to spread processes over boards."""
+
     # Control plane: events, tool calls, signaling. Large HWM: must not drop.
     control: PlaneEndpoints = PlaneEndpoints(
         publish=_ipc("control-in"), subscribe=_ipc("control-out"), hwm=100_000
@@ -72,6 +76,8 @@ class BusSettings(_Section, frozen=True, kw_only=True):
 
 
 class SupervisorSettings(_Section, frozen=True, kw_only=True):
+    """The supervisor (navtalk-agent run): heartbeats, restarts, pinning, metrics."""
+
     heartbeat_interval_s: PositiveFloat = 1.0  # how often each service says it is alive
     heartbeat_timeout_s: PositiveFloat = 6.0  # silent this long => restarted
     startup_grace_s: PositiveFloat = 20.0  # time a new process gets before its first heartbeat
@@ -84,7 +90,7 @@ class SupervisorSettings(_Section, frozen=True, kw_only=True):
     cpu_affinity: dict[str, list[Annotated[int, msgspec.Meta(ge=0)]]] = {}
     # Prometheus metrics endpoint of the supervisor (0 = off). Bound to metrics_host.
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
-    metrics_host: str = "127.0.0.1"
+    metrics_host: str = "127.0.0.1"  # address of the metrics endpoint (keep it on loopback)
     # Order in which services start (each also needs its section's `enabled = true`).
     services: tuple[Literal["tools", "speaker", "display", "mic", "session"], ...] = (
         "tools",
@@ -96,6 +102,9 @@ class SupervisorSettings(_Section, frozen=True, kw_only=True):
 
 
 class LogSettings(_Section, frozen=True, kw_only=True):
+    """Logging of every process."""
+
+    # Level of every process's log: DEBUG, INFO, WARNING or ERROR.
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Directory for one log file per process ("" = stderr only).
     dir: str = ""

@@ -120,3 +120,18 @@ def test_set_overrides_are_typed_and_validated() -> None:
         loads("", overrides=["supervisor.crash_loop_restarts=many"])
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         loads("", overrides=["nonsense"])
+
+
+def test_default_toml_is_generated_from_the_code() -> None:
+    from agent.configdoc import render
+
+    committed = (ROOT / "config" / "default.toml").read_text()
+    assert committed == render(), "run: python -m agent.configdoc > config/default.toml"
+    s = load(ROOT / "config" / "default.toml")
+    assert msgspec.structs.replace(s, source="") == default_settings()
+
+
+def test_every_setting_is_documented() -> None:
+    from agent.configdoc import undocumented
+
+    assert undocumented() == []
