@@ -156,7 +156,10 @@ class WindowScreen(Screen):
     def open(self) -> None:
         check_x_display()
         try:
-            flags = cv2.WINDOW_NORMAL | cv2.WINDOW_GUI_NORMAL | cv2.WINDOW_KEEPRATIO
+            # Windowed: Qt scales with the aspect kept when the user resizes. Fullscreen: the
+            # image area is the whole monitor and show() letterboxes into it pixel-exactly.
+            ratio = cv2.WINDOW_FREERATIO if self.fullscreen else cv2.WINDOW_KEEPRATIO
+            flags = cv2.WINDOW_NORMAL | cv2.WINDOW_GUI_NORMAL | ratio
             cv2.namedWindow(self.title, flags)
             cv2.moveWindow(self.title, self.monitor_x, self.monitor_y)
             if self.fullscreen:
@@ -186,8 +189,9 @@ class WindowScreen(Screen):
             raise DeviceError("window is not open")
         if self.fullscreen:
             # Fill the monitor exactly: scale ourselves, aspect kept, instead of letting
-            # Qt stretch; the rect is re-read every 50 frames (monitor changes are rare).
-            if self._rect is None or self.frames_shown % 50 == 0:
+            # Qt stretch. The rect is read on every frame while the window manager settles
+            # the window, then every 50 frames (monitor changes are rare).
+            if self._rect is None or self.frames_shown < 100 or self.frames_shown % 50 == 0:
                 _, _, w, h = self.image_rect()
                 self._rect = (w, h) if w > 0 and h > 0 else None
             if self._rect is not None:
