@@ -184,6 +184,10 @@ class Supervisor:
             await self._shutdown()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+        unclean = [c.name for c in self.children.values() if c.exit_codes and c.exit_codes[-1]]
+        if unclean:
+            log.error("not every process stopped cleanly: %s", ", ".join(unclean))
+            return 1
         return 0
 
     # -- children --------------------------------------------------------------------------

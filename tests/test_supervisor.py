@@ -146,7 +146,7 @@ async def test_crash_loop_gives_up_and_says_so(short_tmp: Path) -> None:
         assert "tools keeps crashing (3 restarts within 60 s)" in text
         assert "tools_that_are_missing" in text, "the cause is in the log"
         assert proc.poll() is None, "the supervisor itself stays up"
-        assert stop(proc) == 0
+        assert stop(proc) == 1, "a process that gave up is reported in the exit code"
     finally:
         if proc.poll() is None:
             proc.kill()
