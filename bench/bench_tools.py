@@ -28,7 +28,7 @@ from typing import Any
 from agent import topics
 from agent.bus import Bus
 from agent.config import BusSettings, PlaneEndpoints
-from agent.messages import ToolCall, ToolCatalog, ToolResult
+from agent.messages import ToolCall, ToolCatalog, ToolDescribe, ToolResult
 from bench.common import percentiles, save, table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,9 +142,18 @@ async def _burst(bus: Bus, name: str, size: int, rounds: int) -> tuple[list[floa
 
 
 async def _run(bus_settings: BusSettings, n: int, warmup: int, burst: int) -> dict[str, Any]:
-    async with Bus(bus_settings, "session") as bus:
-        bus.subscribe(topics.TOOL_RESULT, topics.TOOL_CATALOG)
-        await asyncio.wait_for(_wait_for(bus, ToolCatalog), 30)
+    bus = Bus(bus_settings, "session")
+    bus.subscribe(topics.TOOL_RESULT, topics.TOOL_CATALOG)
+    async with bus:
+        # the tools process may have published its start catalog before we connected: ask
+        async with asyncio.timeout(30):
+            while True:
+                bus.publish(topics.TOOL_DESCRIBE, ToolDescribe())
+                try:
+                    await asyncio.wait_for(_wait_for(bus, ToolCatalog), 0.5)
+                    break
+                except TimeoutError:
+                    continue
         sync = await _sequential(bus, "noop", n, warmup)
         async_ = await _sequential(bus, "noop_async", n, warmup)
         burst_sync, rate_sync = await _burst(bus, "noop", burst, 10)
