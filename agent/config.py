@@ -164,7 +164,7 @@ def _explain(exc: msgspec.ValidationError, raw: dict[str, Any], origin: str) -> 
     text = str(exc)
     match = _PATH_RE.search(text)
     path = match.group(1) if match else ""
-    reason = text[: match.start()].rstrip(" -") if match else text
+    reason = re.sub(r"\s*-\s*at\s*$", "", text[: match.start()]) if match else text
     key, found, value = _lookup(raw, _STEP_RE.findall(path))
     key = key or path.lstrip(".") or "(top level)"
     unknown = re.match(r"Object contains unknown field `([^`]+)`", reason)

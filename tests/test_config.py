@@ -55,6 +55,13 @@ def test_bad_endpoint_scheme() -> None:
         loads('[bus.control]\npublish = "http://x"\nsubscribe = "ipc:///tmp/a"\nhwm = 10\n')
 
 
+def test_errors_from_section_checks_read_cleanly() -> None:
+    with pytest.raises(ConfigError) as err:
+        loads('[tools]\ntimezone = "Mars/Base"\n')
+    assert str(err.value).endswith("(use an IANA name like 'Europe/Paris')")
+    assert "Mars/Base" in str(err.value)
+
+
 def test_list_item_errors_point_into_the_list() -> None:
     with pytest.raises(ConfigError, match=r"supervisor\.cpu_affinity\.mic\[1\] = -2"):
         loads("[supervisor.cpu_affinity]\nmic = [0, -2]\n")
