@@ -8,11 +8,12 @@ contain the URL or the license (log lines, errors, bus messages) goes through
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-__all__ = ["REDACTED", "build_url", "redact", "register_secret"]
+__all__ = ["REDACTED", "RedactFilter", "build_url", "redact", "register_secret"]
 
 REDACTED = "***"
 _MIN_SECRET_LEN = 4  # shorter strings would redact ordinary words
@@ -62,3 +63,22 @@ def build_url(
     parts = urlsplit(base_url)
     query = "&".join(q for q in (parts.query, urlencode(params)) if q)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+class RedactFilter(logging.Filter):
+    """A logging filter that passes every record through :func:`redact`.
+
+    Attach it to handlers (or to loggers that may see a URL, such as the one given to
+    websockets, which logs the request line at DEBUG level).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message or record.args:
+            record.msg, record.args = cleaned, ()
+        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True

@@ -1,0 +1,345 @@
+"""The session service against the emulator over loopback, on the real bus.
+
+Real parts only: the bus proxy (conftest), the session service, the emulator
+(websockets + aiortc + webrtcvad + espeak-ng), a tools stub in its own process,
+and an aiortc peer standing in for the display.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from agent import topics
+from agent.bus import Bus, Delivery
+from agent.config import BusSettings, Settings, default_settings
+from agent.emulator.brain import Script
+from agent.emulator.server import Emulator
+from agent.messages import (
+    AssistantTranscript,
+    AudioFrame,
+    SdpMessage,
+    ServerSpeech,
+    SessionPhase,
+    SessionState,
+    TextInput,
+    ToolCall,
+    ToolResult,
+    UserTranscript,
+)
+from agent.navtalk.history import ConversationStore, Role
+from agent.navtalk.settings import EmulatorSettings, NavTalkSettings, SessionSettings
+from services import session as session_service
+
+pytestmark = pytest.mark.e2e
+
+FIXTURES = Path(__file__).parent / "fixtures" / "navtalk"
+LICENSE = "Lic-SECRET-4f9a2c7e"  # must never show up in logs or on the bus
+TIMEOUT = 20.0
+
+
+class Recorder:
+    """Every message on the bus (both planes), with waiting helpers."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.seen: list[Delivery] = []
+        self._changed = asyncio.Condition()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for d in self.bus:
+            async with self._changed:
+                self.seen.append(d)
+                self._changed.notify_all()
+
+    async def wait_for(
+        self, pred: Callable[[Delivery], bool], *, after: int = 0, timeout: float = TIMEOUT
+    ) -> Delivery:
+        async with asyncio.timeout(timeout), self._changed:
+            while True:
+                for d in self.seen[after:]:
+                    if pred(d):
+                        return d
+                await self._changed.wait()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def is_state(phase: SessionPhase) -> Callable[[Delivery], bool]:
+    return lambda d: isinstance(d.msg, SessionState) and d.msg.phase is phase
+
+
+def make_settings(bus: BusSettings, emu: Emulator, tmp: Path, **session: Any) -> Settings:
+    base = dict(
+        history_db_path=str(tmp / "history.sqlite3"),
+        reconnect_initial_s=0.05,
+        reconnect_max_s=0.2,
+        state_interval_s=0.2,
+        catalog_wait_ms=3000,
+        preroll_ms=0,
+    )
+    base.update(session)
+    return msgspec.structs.replace(
+        default_settings(),
+        bus=bus,
+        navtalk=NavTalkSettings(url=emu.base_url, name="navtalk.Leo"),
+        session=SessionSettings(**base),
+    )
+
+
+@pytest.fixture
+async def emulator() -> AsyncIterator[Emulator]:
+    script = Script.load(FIXTURES / "e2e_script.toml")
+    emu = Emulator(EmulatorSettings(port=0, pace=4.0), script=script)
+    await emu.start()
+    yield emu
+    await emu.close()
+
+
+@pytest.fixture
+def tools_stub(bus_settings: BusSettings) -> Any:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent))
+    proc = subprocess.Popen(
+        [sys.executable, str(FIXTURES / "tools_stub.py"), msgspec.json.encode(bus_settings)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "tools stub ready"
+    yield proc
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(10)
+
+
+@contextlib.asynccontextmanager
+async def running_session(settings: Settings, license: str) -> AsyncIterator[asyncio.Task[None]]:
+    bus = Bus(settings.bus, "session")
+    task = asyncio.create_task(session_service.run(settings, bus, license=license))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await bus.close()
+
+
+async def speak_into_mic(bus: Bus, pcm: bytes, *, speed: float = 4.0) -> None:
+    """Publish PCM as 20 ms audio.mic frames, paced at ``speed`` x real time (the media
+    plane's HWM is small; the emulator's VAD runs on the audio's own clock)."""
+    frame = 960
+    for i in range(0, len(pcm), frame):
+        bus.publish(topics.AUDIO_MIC, AudioFrame(sample_rate_hz=24000), pcm[i : i + frame])
+        await asyncio.sleep(0.020 / speed)  # pacing a producer, not waiting for a result
+
+
+SILENCE = b"\x00\x00" * 24000  # 1 s
+
+
+def no_license_anywhere(recorder: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    for record in caplog.records:
+        text = record.getMessage() + (record.exc_text or "")
+        assert LICENSE not in text, f"license leaked in log: {record.name}"
+    for d in recorder.seen:
+        blob = msgspec.msgpack.encode(d.msg) + b"".join(bytes(p) for p in d.payload)
+        assert LICENSE.encode() not in blob, f"license leaked on {d.topic}"
+
+
+async def test_full_conversation(
+    emulator: Emulator,
+    bus_settings: BusSettings,
+    make_bus: Any,
+    tools_stub: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = make_settings(bus_settings, emulator, tmp_path)
+    with ConversationStore(settings.session.history_db_path) as store:
+        store.add(Role.USER, "I booked a room last week", wall_s=time.time())
+        store.add(Role.ASSISTANT, "Welcome back", wall_s=time.time())
+        store.add(Role.USER, "My name is Smith", wall_s=time.time() + 1)
+    tap = await make_bus("external", "")  # "" = every topic on both planes
+    rec = Recorder(tap)
+    mic = await make_bus("mic")
+    display = await make_bus("display", topics.WEBRTC_REMOTE_OFFER)
+    try:
+        async with running_session(settings, LICENSE):
+            await rec.wait_for(is_state(SessionPhase.READY))
+            sess = emulator.sessions[0]
+            # history replay: the last user turns, oldest first, after session.created
+            assert sess.stats.history == ["I booked a room last week", "My name is Smith"]
+            assert sess.stats.declared_tools == {
+                "get_current_time",
+                "lookup_reservation",
+                "slow_tool",
+            }
+
+            # WebRTC: the server's offer reaches the display; its answer reaches the server
+            offer = await display.recv()
+            assert isinstance(offer.msg, SdpMessage) and "a=candidate" in offer.msg.sdp
+            pc, drains = await answer_offer(display, offer.msg.sdp)
+
+            # 1) speech -> server VAD -> transcript -> tool call -> tools stub -> reply
+            speech = await emulator.tts.synthesize("What time is it?")
+            mark = len(rec.seen)
+            await speak_into_mic(mic, SILENCE[:9600] + speech + SILENCE)
+            await rec.wait_for(lambda d: isinstance(d.msg, ServerSpeech) and d.msg.started,
+                               after=mark)  # fmt: skip
+            await rec.wait_for(lambda d: d.topic == topics.CONTROL_BARGE_IN, after=mark)
+            user = await rec.wait_for(lambda d: isinstance(d.msg, UserTranscript), after=mark)
+            assert isinstance(user.msg, UserTranscript) and user.msg.text == "What time is it?"
+            call = await rec.wait_for(lambda d: isinstance(d.msg, ToolCall), after=mark)
+            assert isinstance(call.msg, ToolCall) and call.msg.name == "get_current_time"
+            result = await rec.wait_for(
+                lambda d: isinstance(d.msg, ToolResult) and d.sender == "tools", after=mark
+            )
+            assert isinstance(result.msg, ToolResult) and result.msg.ok
+            final = await rec.wait_for(
+                lambda d: isinstance(d.msg, AssistantTranscript) and d.msg.final, after=mark
+            )
+            assert isinstance(final.msg, AssistantTranscript)
+            assert final.msg.text == "It is Monday 1 January 2024, 12:00."
+            assert sess.stats.audio_bytes > len(speech)  # the mic audio reached the server
+
+            # 2) a tool that never answers: explicit error output after its 300 ms timeout
+            speech = await emulator.tts.synthesize("Please run the slow thing.")
+            mark = len(rec.seen)
+            await speak_into_mic(mic, speech + SILENCE)
+            err = await rec.wait_for(
+                lambda d: isinstance(d.msg, ToolResult) and d.sender == "session", after=mark
+            )
+            assert isinstance(err.msg, ToolResult) and not err.msg.ok
+            assert err.msg.error is not None and err.msg.error.category.value == "timeout"
+            final = await rec.wait_for(
+                lambda d: isinstance(d.msg, AssistantTranscript) and d.msg.final, after=mark
+            )
+            assert isinstance(final.msg, AssistantTranscript)
+            assert final.msg.text.startswith("Sorry, that did not work: tool 'slow_tool'")
+
+            # 3) typed text: a user item + response.create
+            mark = len(rec.seen)
+            mic.publish(topics.INPUT_TEXT, TextInput(text="hello"))
+            final = await rec.wait_for(
+                lambda d: isinstance(d.msg, AssistantTranscript) and d.msg.final, after=mark
+            )
+            assert isinstance(final.msg, AssistantTranscript) and final.msg.text == "Hi there."
+
+            assert "connected" in sess.rtc_states
+            assert sess.stats.order_violations == []
+            await pc.close()
+            for t in drains:
+                t.cancel()
+    finally:
+        await rec.stop()
+    with ConversationStore(settings.session.history_db_path) as store:
+        turns = [(t.role, t.text) for t in store.turns()]
+    assert (Role.USER, "What time is it?") in turns
+    assert (Role.ASSISTANT, "It is Monday 1 January 2024, 12:00.") in turns
+    assert (Role.USER, "hello") in turns
+    no_license_anywhere(rec, caplog)
+
+
+async def answer_offer(display: Bus, sdp: str) -> tuple[Any, list[asyncio.Task[None]]]:
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    from agent.emulator.server import limit_ice_to_loopback
+
+    limit_ice_to_loopback()
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    drains: list[asyncio.Task[None]] = []
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        async def drain() -> None:
+            with contextlib.suppress(Exception):
+                while True:
+                    await track.recv()
+
+        drains.append(asyncio.create_task(drain()))
+
+    await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+    await pc.setLocalDescription(await pc.createAnswer())
+    display.publish(
+        topics.WEBRTC_LOCAL_ANSWER, SdpMessage(sdp_type="answer", sdp=pc.localDescription.sdp)
+    )
+    return pc, drains
+
+
+async def test_drop_then_reconnect_and_replay(
+    emulator: Emulator,
+    bus_settings: BusSettings,
+    make_bus: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    license = LICENSE + "-drop1"  # the emulator drops every session after 1 s
+    settings = make_settings(bus_settings, emulator, tmp_path, catalog_wait_ms=0)
+    with ConversationStore(settings.session.history_db_path) as store:
+        store.add(Role.USER, "remember me", wall_s=time.time())
+    tap = await make_bus("external", "")  # "" = every topic on both planes
+    rec = Recorder(tap)
+    try:
+        async with running_session(settings, license):
+            await rec.wait_for(is_state(SessionPhase.READY))
+            lost = await rec.wait_for(
+                lambda d: is_state(SessionPhase.CLOSED)(d) and d.msg.retry_in_ms is not None
+            )
+            assert isinstance(lost.msg, SessionState) and "dropped" in lost.msg.detail
+            second = await emulator.wait_sessions(2, TIMEOUT)
+            await rec.wait_for(is_state(SessionPhase.READY), after=rec.seen.index(lost))
+            assert second.stats.history == ["remember me"]  # replayed again after reconnect
+    finally:
+        await rec.stop()
+    no_license_anywhere(rec, caplog)
+
+
+@pytest.mark.parametrize("fault", ["reject", "nobalance"])
+async def test_permanent_failure_does_not_retry(
+    fault: str,
+    emulator: Emulator,
+    bus_settings: BusSettings,
+    make_bus: Any,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = make_settings(bus_settings, emulator, tmp_path, catalog_wait_ms=0)
+    tap = await make_bus("external", "")  # "" = every topic on both planes
+    rec = Recorder(tap)
+    try:
+        async with running_session(settings, f"{fault}-{LICENSE}"):
+            failed = await rec.wait_for(is_state(SessionPhase.FAILED))
+            assert isinstance(failed.msg, SessionState)
+            # a retry would come within reconnect_max_s (0.2 s); watch three more periodic
+            # session.state messages (state_interval_s = 0.2 s) and the emulator's sessions
+            after = rec.seen.index(failed)
+            for _ in range(3):
+                d = await rec.wait_for(lambda d: isinstance(d.msg, SessionState), after=after + 1)
+                after = rec.seen.index(d)
+                assert isinstance(d.msg, SessionState) and d.msg.phase is SessionPhase.FAILED
+            assert len(emulator.sessions) == 1
+    finally:
+        await rec.stop()
+    no_license_anywhere(rec, caplog)
+    assert any(
+        "not retrying" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records
+    )
