@@ -37,10 +37,13 @@ from pathlib import Path
 
 import msgspec
 import numpy as np
+from rich.console import Group
 
 from agent import topics
+from agent.topics import Plane
 from agent.bus import Bus
-from agent.config import load
+from agent.config import load, navtalk_license
+from agent.logs import redact
 from agent.emulator.tts import OUT_RATE_HZ, Tts
 from agent.messages import (
     AssistantTranscript,
@@ -71,6 +74,7 @@ class Outputs:
     avatar_mp4: Path
     history_db: Path
     history_json: Path
+    bus_record: Path
     logs: Path
 
     @classmethod
@@ -82,6 +86,7 @@ class Outputs:
             avatar_mp4=out / "avatar.mp4",
             history_db=out / "history.sqlite3",
             history_json=out / "history.json",
+            bus_record=out / "bus.jsonl",
             logs=out / "logs",
         )
 
@@ -145,6 +150,8 @@ class View:
     partial: dict[str, str] = field(default_factory=dict)
     ended: bool = False
     was_ready: bool = False
+    messages: int = 0
+    license_leaks: int = 0  # bus messages that carried the license (must stay 0)
 
     def feed(self, msg: object) -> str | None:
         """Update from one bus message; returns a plain-text line worth printing, if any."""
@@ -180,8 +187,7 @@ class View:
             return "barge-in: the guest interrupted; playback flushed"
         return None
 
-    def render(self) -> object:
-        from rich.console import Group
+    def render(self) -> Group:
         from rich.panel import Panel
         from rich.table import Table
 
@@ -202,27 +208,34 @@ class View:
 
 async def watch(
     config: Path, overrides: Sequence[str], proc: subprocess.Popen[bytes], timeout_s: float,
-    *, live: bool,
+    *, live: bool, record: Path,
 ) -> View:  # fmt: skip
+    """Follow the bus until the conversation ends; record every control message (redacted)."""
     settings = load(config, overrides)
+    secret = navtalk_license().encode()
     view = View()
     deadline = time.monotonic() + timeout_s
-    async with Bus(settings.bus, topics.EXTERNAL) as bus:
-        bus.subscribe(
-            "health.", topics.SESSION_STATE, "navtalk.transcript.", topics.TOOL_CALL,
-            topics.TOOL_RESULT, topics.CONTROL_BARGE_IN,
-        )  # fmt: skip
+    async with Bus(settings.bus, topics.EXTERNAL, media_queue=50) as bus:
+        bus.subscribe(*(s.prefix for s in topics.TOPICS.values() if s.plane is Plane.CONTROL))
         ctx = contextlib.nullcontext()
         if live:
             from rich.live import Live
 
-            ctx = Live(view.render(), refresh_per_second=4, transient=False)  # type: ignore[assignment]
-        with ctx as screen:
+            ctx = Live(view.render(), refresh_per_second=4)  # type: ignore[assignment]
+        with ctx as screen, record.open("w") as rec:
             while not view.ended and proc.poll() is None and time.monotonic() < deadline:
                 try:
                     d = await asyncio.wait_for(bus.recv(), 0.25)
                 except TimeoutError:
                     continue
+                view.messages += 1
+                body = msgspec.json.encode(d.msg)
+                if secret and secret in body:
+                    view.license_leaks += 1
+                rec.write(
+                    redact(f'{{"topic":"{d.topic}","sender":"{d.sender}","msg":{body.decode()}}}')
+                )
+                rec.write("\n")
                 line = view.feed(d.msg)
                 if screen is not None:
                     screen.update(view.render())
@@ -276,7 +289,9 @@ async def run_demo(
     t0 = time.monotonic()
     live = sys.stdout.isatty() if live is None else live
     try:
-        view = await watch(config, overrides, proc, timeout_s + spans[-1][1], live=live)
+        view = await watch(
+            config, overrides, proc, timeout_s + spans[-1][1], live=live, record=outputs.bus_record
+        )
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -290,15 +305,18 @@ async def run_demo(
     print(f"\ndemo: finished in {time.monotonic() - t0:.0f} s; agent exit code {code}")
     if not view.ended:
         print("demo: the conversation did not end by itself (see out/logs/)", file=sys.stderr)
+    if view.license_leaks:
+        print(f"demo: {view.license_leaks} bus message(s) carried the license!", file=sys.stderr)
     for label, path in (
         ("avatar video (with captions)", outputs.avatar_mp4),
         ("what the speaker played", outputs.speaker_wav),
         ("the guest's microphone", outputs.guest_wav),
         (f"conversation history ({turns} turns)", outputs.history_json),
+        (f"bus recording ({view.messages} messages)", outputs.bus_record),
         ("logs", outputs.logs),
     ):
         print(f"  {label:<34} {path}{'' if path.exists() else '  (missing!)'}")
-    return 0 if code == 0 and view.ended else 1
+    return 0 if code == 0 and view.ended and not view.license_leaks else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,8 +53,14 @@ def lookup_reservation(name: str) -> dict[str, Any]:
         )
     matches = [r for r in _reservations() if _fold(r["name"]) == wanted]
     if not matches:
-        return {"found": False, "message": f"No reservation under the name {name!r}."}
-    return {"found": True, "reservations": matches}
+        return {"found": False, "summary": f"There is no reservation under the name {name}."}
+    first = matches[0]
+    summary = (
+        f"Room {first['room']}, from {first['check_in']} to {first['check_out']}, "
+        f"for {first['guests']} guest{'s' if first['guests'] != 1 else ''}"
+        f"{', breakfast included' if first['breakfast'] else ''}."
+    )
+    return {"found": True, "summary": summary, "reservations": matches}
 
 
 @tool(timeout_s=5)

@@ -1,0 +1,198 @@
+"""The whole machine: the demo's conversation (shorter), every process, the embedded emulator.
+
+Runs ``agent.demo.run_demo`` exactly as ``make demo`` does (the supervisor as a
+subprocess, the emulator as its child, the guest as a WAV played in real time)
+and asserts on what comes out: the stored conversation, the speaker's WAV, the
+avatar's MP4, the exit codes, the process table and the logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.demo import run_demo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "tests" / "fixtures" / "system-script.toml"
+TIMELINE = (8.0, 14.5, 26.0, 31.0, 39.0)
+LICENSE = "SYSTEM-TEST-LICENSE-7f3a9c1e5b"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _speech_envelope(path: Path, hop_s: float = 0.04) -> tuple[np.ndarray, float]:
+    with wave.open(str(path)) as w:
+        rate = w.getframerate()
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(float)
+        if w.getnchannels() > 1:
+            x = x.reshape(-1, w.getnchannels()).mean(axis=1)
+    hop = int(rate * hop_s)
+    n = len(x) // hop
+    rms = np.sqrt((x[: n * hop].reshape(n, hop) ** 2).mean(axis=1))
+    return rms, hop_s
+
+
+def _mouth_series(path: Path) -> tuple[np.ndarray, float]:
+    import av
+
+    from agent.emulator.avatar import measure_mouth_open
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or 25)
+        values = [
+            measure_mouth_open(f.to_ndarray(format="bgr24")) for f in container.decode(stream)
+        ]
+    return np.asarray(values), 1.0 / fps
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    import asyncio
+    import tempfile
+
+    out = tmp_path_factory.mktemp("system") / "out"
+    bus_dir = tempfile.mkdtemp(prefix="nts-")
+    port = _free_port()
+    overrides = [
+        f'bus.control.publish="ipc://{bus_dir}/c-in"',
+        f'bus.control.subscribe="ipc://{bus_dir}/c-out"',
+        f'bus.media.publish="ipc://{bus_dir}/m-in"',
+        f'bus.media.subscribe="ipc://{bus_dir}/m-out"',
+        f"emulator.port={port}",
+        "mic.pad_silence=true",
+    ]
+    old = os.environ.get("NAVTALK_LICENSE")
+    os.environ["NAVTALK_LICENSE"] = LICENSE
+    try:
+        code = asyncio.run(
+            run_demo(
+                out=out,
+                timeout_s=60,
+                live=False,
+                starts_s=TIMELINE,
+                script=SCRIPT,
+                extra_overrides=overrides,
+            )
+        )
+    finally:
+        if old is None:
+            os.environ.pop("NAVTALK_LICENSE", None)
+        else:
+            os.environ["NAVTALK_LICENSE"] = old
+    return {"code": code, "out": out, "bus_dir": bus_dir}
+
+
+def test_demo_ran_and_every_process_exited_zero(demo_run: dict[str, object]) -> None:
+    out = Path(str(demo_run["out"]))
+    run_log = (out / "logs" / "run.log").read_text()
+    assert demo_run["code"] == 0, run_log[-3000:]
+    last = [line for line in run_log.splitlines() if "all stopped:" in line][-1]
+    codes = dict(part.split("=") for part in last.split("all stopped: ")[1].split(", "))
+    assert set(codes) >= {"emulator", "tools", "speaker", "display", "mic", "session"}
+    assert all(v == "0" for v in codes.values()), last
+
+
+def test_no_orphan_processes(demo_run: dict[str, object]) -> None:
+    assert _processes_mentioning(str(demo_run["out"])) == []
+    assert _processes_mentioning(str(demo_run["bus_dir"])) == []
+
+
+def test_transcripts_in_order_and_tool_results_spoken(demo_run: dict[str, object]) -> None:
+    out = Path(str(demo_run["out"]))
+    turns = json.loads((out / "history.json").read_text())
+    users = [t["text"] for t in turns if t["role"] == "user"]
+    assistant = [t["text"] for t in turns if t["role"] == "assistant"]
+    import tomllib
+
+    hears = tomllib.loads(SCRIPT.read_text())["hears"]
+    assert users == hears
+    spoken = " | ".join(assistant)
+    assert "It is " in spoken  # get_current_time's output, spoken
+    assert "Room 221" in spoken  # the example plugin's lookup_reservation output, spoken
+    assert "Goodbye" in spoken
+    assert spoken.index("It is ") < spoken.index("Room 221") < spoken.index("Goodbye")
+
+
+def test_speaker_played_speech_in_step_with_the_mouth(demo_run: dict[str, object]) -> None:
+    out = Path(str(demo_run["out"]))
+    env, hop = _speech_envelope(out / "speaker.wav")
+    speaking = env > 300
+    assert speaking.mean() > 0.1, "the speaker WAV is (nearly) silent"
+    mouth, frame_s = _mouth_series(out / "avatar.mp4")
+    assert len(mouth) * frame_s > 20, "the video is too short"
+    assert (mouth > 0.2).mean() > 0.05, "the mouth never opened"
+    # put both on a 40 ms grid; the files start at different moments, so find the lag
+    t = np.arange(0, min(len(env) * hop, len(mouth) * frame_s), hop)
+    a = np.interp(t, np.arange(len(env)) * hop, speaking.astype(float))
+    b = np.interp(t, np.arange(len(mouth)) * frame_s, (mouth > 0.2).astype(float))
+    best = max(
+        (
+            float(
+                np.corrcoef(a[max(0, k) : len(a) + min(0, k)], b[max(0, -k) : len(b) - max(0, k)])[
+                    0, 1
+                ]
+            ),
+            k,
+        )
+        for k in range(-100, 101)
+    )
+    assert best[0] > 0.5, f"speech and mouth movement do not overlap (r={best[0]:.2f})"
+
+
+def test_barge_in_cut_the_long_answer(demo_run: dict[str, object]) -> None:
+    out = Path(str(demo_run["out"]))
+    run_log = "\n".join(p.read_text() for p in (out / "logs").glob("*.log"))
+    assert "barge" in run_log.lower()
+    env, hop = _speech_envelope(out / "speaker.wav")
+    speaking = env > 300
+    # the longest stretch of avatar speech (short pauses bridged) is far shorter than the
+    # uninterrupted hotel answer (~16 s at 160 words per minute)
+    longest = run = gap = 0
+    for s in speaking:
+        if s:
+            run, gap = run + 1 + gap, 0
+        elif run:
+            gap += 1
+            if gap > int(0.6 / hop):
+                longest, run, gap = max(longest, run), 0, 0
+    longest = max(longest, run)
+    assert longest * hop < 10.0, f"an avatar answer played for {longest * hop:.1f} s uncut"
+
+
+def test_no_license_anywhere(demo_run: dict[str, object]) -> None:
+    out = Path(str(demo_run["out"]))
+    assert (out / "bus.jsonl").stat().st_size > 0, "the bus recording is empty"
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".log", ".json", ".txt"):
+            assert LICENSE not in path.read_text(errors="replace"), path
+    db = out / "history.sqlite3"
+    if db.exists():
+        assert LICENSE.encode() not in db.read_bytes()
