@@ -89,7 +89,8 @@ def limit_ice_to_loopback() -> None:
     aioice.ice.get_host_addresses = loopback
 
 
-Observer = Callable[["SessionRecord", str, int], None]
+# observer(record, frame type, CLOCK_MONOTONIC ns at receipt, frame text): tests, benchmarks
+Observer = Callable[["SessionRecord", str, int, str], None]
 
 
 @dataclass(slots=True)
@@ -298,7 +299,7 @@ class _Session:
                     logger.info("< emulator: binary frame of %d bytes ignored", len(message))
                     continue
                 if self.emu.observer is not None:
-                    self.emu.observer(self.record, _peek_type(message), now_ns)
+                    self.emu.observer(self.record, _peek_type(message), now_ns, message)
                 await self.execute(self.brain.receive_text(message, now_ns / 1e9))
                 self._wake.set()
         except ConnectionClosed:
