@@ -10,9 +10,11 @@ Every backend has the same narrow interface::
     screen.poll()                            # pump UI events while nothing new is shown
     screen.close()
 
-Calls are blocking and not thread-safe: make every call from one thread (the
-display service uses a dedicated single-thread executor), which is also what
-OpenCV's Qt HighGUI requires.
+Calls are blocking and not thread-safe: make every call from one thread. A
+backend whose ``main_thread_only`` is true (the OpenCV window: Qt's HighGUI
+hangs when first used from another thread) must be driven from the main
+thread; the others may live on a worker thread (the display service uses a
+dedicated single-thread executor for them, as encoding is slow).
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ import fractions
 import logging
 import os
 import socket
+import sys
 from pathlib import Path
 
+# OpenCV before PyAV: if PyAV's bundled libraries load first, OpenCV's Qt window hangs
+# (checked: opencv-python 4.14 + av 18 under Xvfb). WindowScreen.open() checks the order.
+import cv2  # isort: split
+
 import av
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -63,6 +69,8 @@ def letterbox(frame: Image, width: int, height: int) -> Image:
 
 class Screen(abc.ABC):
     """A frame sink. See the module docstring for the calling rules."""
+
+    main_thread_only = False  # True: every call must come from the process's main thread
 
     def __init__(self) -> None:
         self.frames_shown = 0
@@ -137,6 +145,8 @@ def check_x_display(display: str | None = None) -> None:
 class WindowScreen(Screen):
     """An OpenCV (Qt) window: windowed, or fullscreen kiosk mode on the monitor at (x, y)."""
 
+    main_thread_only = True
+
     def __init__(
         self,
         title: str = "navtalk",
@@ -155,6 +165,12 @@ class WindowScreen(Screen):
 
     def open(self) -> None:
         check_x_display()
+        loaded = list(sys.modules)
+        if "av" in sys.modules and loaded.index("av") < loaded.index("cv2"):
+            raise DeviceError(
+                "PyAV was imported before OpenCV, which makes the OpenCV window hang; "
+                "import cv2 (or hardware.screen) before av/aiortc"
+            )
         try:
             # Windowed: Qt scales with the aspect kept when the user resizes. Fullscreen: the
             # image area is the whole monitor and show() letterboxes into it pixel-exactly.

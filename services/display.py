@@ -13,23 +13,26 @@
 
 Decisions live in the sans-I/O parts (:mod:`agent.video.compose`,
 :mod:`agent.video.negotiation`); this module only feeds them and carries out
-what they say. Every screen call runs on one dedicated thread (OpenCV's Qt
-window must be driven from a single thread, and encoding must not block the
-event loop).
+what they say. Decoding and composing run on a worker thread; the screen's
+own calls run there too (encoding must not block the event loop), except for
+the OpenCV window, which Qt requires on the main thread (the loop's).
 """
 
 from __future__ import annotations
 
+# OpenCV before PyAV/aiortc, or OpenCV's Qt window hangs (see hardware/screen.py).
+import cv2  # isort: split
+
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import av
-import cv2
 import numpy as np
 
 from agent import topics
@@ -93,7 +96,11 @@ class _Display:
         self.peer = DisplayPeer(ds.webrtc_host, self._on_frame, self._on_state)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="screen")
         self.ice_servers: list[IceServer] = []
-        self._slot: collections.deque[_Pending] = collections.deque()
+        self._slot: collections.deque[_Pending] = collections.deque()  # oldest first
+        self._delay_s = ds.video_delay_ms / 1000
+        # Frames waiting: the delay line (up to 60 fps) plus the latest-frame-wins queue.
+        self._slot_limit = ds.frame_queue + int(self._delay_s * 60) + 1
+        self._last_render = 0.0
         self._frame_ready = asyncio.Event()
         self._last_avatar: Image | None = None
         self._video_generation = 0  # generation whose video is on screen
@@ -113,7 +120,7 @@ class _Display:
         now = time.monotonic()
         if kind == "video":
             self.received += 1
-            if len(self._slot) >= self.ds.frame_queue:
+            if len(self._slot) >= self._slot_limit:
                 self._slot.popleft()
                 self.dropped += 1
             self._slot.append(_Pending(frame, generation, now))
@@ -153,7 +160,10 @@ class _Display:
                     ),
                     data,
                 )
-            self.executor.submit(self._write_audio, data, int(f.sample_rate), channels, now)
+            if self.screen.main_thread_only:
+                self._write_audio(data, int(f.sample_rate), channels, now)
+            else:
+                self.executor.submit(self._write_audio, data, int(f.sample_rate), channels, now)
 
     def _write_audio(self, data: bytes, rate: int, channels: int, at_s: float) -> None:
         try:
@@ -174,35 +184,55 @@ class _Display:
     # --- rendering -------------------------------------------------------------------------
 
     async def render_loop(self) -> None:
+        """Show each frame when it is due (received + video delay); when several are due,
+        only the newest is shown (latest-frame-wins). With no video, redraw at idle_fps."""
         loop = asyncio.get_running_loop()
         idle_period = 1.0 / self.ds.idle_fps
         while True:
-            try:
-                await asyncio.wait_for(self._frame_ready.wait(), idle_period)
-            except TimeoutError:
-                pass
             self._frame_ready.clear()
-            item = self._slot.pop() if self._slot else None
-            while self._slot:  # only ever with frame_queue > 1: newest wins, the rest drop
-                self._slot.popleft()
-                self.dropped += 1
-            overlay = self.model.overlay(time.monotonic())
+            now = time.monotonic()
+            timeout = idle_period - (now - self._last_render)
+            if self._slot:
+                timeout = min(timeout, self._slot[0].received + self._delay_s - now)
+            if timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._frame_ready.wait(), timeout)
+            now = time.monotonic()
+            item: _Pending | None = None
+            while self._slot and self._slot[0].received + self._delay_s <= now:
+                if item is not None:
+                    self.dropped += 1
+                item = self._slot.popleft()
+            if item is None and now - self._last_render < idle_period:
+                continue  # woken by a frame that is not due yet
+            self._last_render = now
+            overlay = self.model.overlay(now)
             try:
-                await loop.run_in_executor(self.executor, self._render, item, overlay)
+                canvas, due = await loop.run_in_executor(
+                    self.executor, self._prepare, item, overlay
+                )
+                await self.screen_call(self.screen.show, canvas, due)
+                if item is not None:
+                    self.rendered += 1
+                    self._lags.append(time.monotonic() - due)  # lag beyond the intended delay
             except DeviceError as exc:
                 log.error("screen failed, continuing without it: %s", exc)
                 self.screen = NullScreen()
 
-    def _render(self, item: _Pending | None, overlay: Overlay) -> None:
-        """Screen thread: decode, compose, show."""
+    def _prepare(self, item: _Pending | None, overlay: Overlay) -> tuple[Image, float]:
+        """Worker thread: decode and compose; returns the canvas and when it is due."""
         if item is not None:
             self._last_avatar = item.frame.to_ndarray(format="bgr24")
         avatar = self._last_avatar if self._video_generation else None
         canvas = self.composer.compose(avatar, overlay)
-        self.screen.show(canvas, item.received if item is not None else time.monotonic())
-        if item is not None:
-            self.rendered += 1
-            self._lags.append(time.monotonic() - item.received)
+        due = item.received + self._delay_s if item is not None else time.monotonic()
+        return canvas, due
+
+    async def screen_call(self, fn: Any, *args: Any) -> Any:
+        """Run a screen method on the thread the screen needs (main or the screen worker)."""
+        if self.screen.main_thread_only:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def stats(self) -> VideoStats:
         lags = np.array(self._lags) * 1000 if self._lags else np.zeros(1)
@@ -318,9 +348,8 @@ class _Display:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.peer.close()
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.executor, self.screen.close)
+            await self.screen_call(self.screen.close)
         except Exception:
             log.exception("closing the screen failed")
         self.executor.shutdown(wait=True)
@@ -359,10 +388,9 @@ async def run(settings: Settings, bus: Bus, *, screen: Screen | None = None) -> 
     await bus.start()
     if screen is None:
         screen = open_screen(ds)
-    loop = asyncio.get_running_loop()
     display = _Display(ds, bus, screen)
     try:
-        await loop.run_in_executor(display.executor, screen.open)
+        await display.screen_call(screen.open)
     except DeviceError as exc:
         log.error("= screen %s unavailable (%s); video is received but not shown", ds.backend, exc)
         display.screen = NullScreen()

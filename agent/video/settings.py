@@ -34,6 +34,10 @@ class DisplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     trickle_local_ice: bool = True  # also send each local candidate as webrtc.local.ice
     # Frames waiting to be rendered; older ones are dropped (latest-frame-wins). 1 = newest only.
     frame_queue: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
+    # Hold each video frame this long before showing it, so the picture meets the voice: the
+    # WebRTC audio path buffers more than the video path (aiortc's audio jitter buffer
+    # prefetches packets). 40 ms measured with bench/bench_video.py; 0 shows frames at once.
+    video_delay_ms: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 40
     # Seconds to wait for the server's answer to our own offer (or for ICE) before offering again.
     renegotiation_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
     stats_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0  # video.stats period
