@@ -40,9 +40,16 @@ from types import ModuleType
 from typing import Any, Literal, Self
 
 import numpy as np
-import numpy.typing as npt
 import soxr
 
+from agent.audio.pcm import (
+    PCM_RATE_HZ,
+    Float32Array,
+    mix_to_mono,
+    stream_resampler,
+    to_float,
+    to_pcm,
+)
 from agent.audio.settings import Latency, MicSettings, SpeakerSettings
 from agent.errors import DeviceError
 
@@ -57,6 +64,7 @@ __all__ = [
     "SoundDeviceInput",
     "SoundDeviceOutput",
     "WavFileInput",
+    "WriteRecord",
     "WavFileOutput",
     "list_devices",
     "open_input",
@@ -66,18 +74,26 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PCM_RATE_HZ = 24_000  # the rate of every PCM block on this side of the interface
 _SAMPLE_BYTES = 2
 _STALL_S = 2.0  # a running input that delivers nothing for this long has failed
+_WRITE_LOG = 3000  # WriteRecords kept per output (30 s of 10 ms periods)
 
 Kind = Literal["input", "output"]
-Float32Array = npt.NDArray[np.float32]
-Int16Array = npt.NDArray[np.int16]
 
 # Called by an output with (n, play_mono_ns): return exactly n samples (2n bytes) of 24 kHz
 # mono PCM16. play_mono_ns estimates when the first of them reaches the loudspeaker.
 # Called on the device's thread for SoundDeviceOutput: must not block.
 PullFn = Callable[[int, int], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRecord:
+    """One block an output wrote to its device (kept for diagnostics and benchmarks)."""
+
+    at_mono_ns: int  # when the device asked for it
+    play_mono_ns: int  # estimated time its first sample leaves the loudspeaker
+    samples: int  # device frames
+    peak: int  # largest absolute sample value (0 = digital silence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,57 +117,47 @@ def _sounddevice() -> ModuleType:
     return module
 
 
-def _to_float(pcm: bytes) -> Float32Array:
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) * np.float32(1.0 / 32768.0)
-
-
-def _to_pcm(x: Float32Array) -> bytes:
-    y = np.clip(np.rint(x * 32768.0), -32768, 32767).astype("<i2")
-    return bytes(y.tobytes())
-
-
-def _mix(block: Int16Array, channels: int, channel: int) -> Float32Array:
-    """Interleaved int16 -> mono float32: one channel, or the average of all."""
-    frames = block.reshape(-1, channels)
-    if channels == 1:
-        mono = frames[:, 0].astype(np.float32)
-    elif channel >= 0:
-        mono = frames[:, channel].astype(np.float32)
-    else:
-        mono = frames.astype(np.float32).mean(axis=1, dtype=np.float32)
-    return mono * np.float32(1.0 / 32768.0)
-
-
 def _resampler(in_rate: int, out_rate: int) -> soxr.ResampleStream | None:
-    if in_rate == out_rate:
-        return None
-    return soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")
+    return None if in_rate == out_rate else stream_resampler(in_rate, out_rate)
 
 
 class _Framer:
     """Cuts a stream of 24 kHz float samples into fixed frames and dates each frame.
 
-    Dating: the device block whose first sample is device sample ``j`` was captured at ``t``;
-    24 kHz sample ``i`` corresponds to device sample ``i * dev_rate / 24000`` (soxr removes its
-    own delay from the stream), so its time follows from the latest block's anchor.
+    Dating uses the sample count as the clock: 24 kHz sample ``i`` was captured at
+    ``base + i / 24000`` (soxr removes its own delay from the stream). Each device block gives
+    an observation of ``base`` (its capture time minus its position); a callback can only be
+    late, never early, so ``base`` follows the *smallest* observation, and creeps up by 100 ppm
+    of the elapsed audio so that a device clock slower than CLOCK_MONOTONIC is followed too.
+    Frame times are strictly increasing.
     """
+
+    _CREEP = 100e-6  # how fast base may rise, relative to the audio's duration
 
     def __init__(self, frame_samples: int, dev_rate: int):
         self._n = frame_samples
         self._dev_rate = dev_rate
         self._buf = np.zeros(0, np.float32)
         self._out_index = 0  # 24 kHz index of _buf[0]
-        self._anchor_j = 0
-        self._anchor_ns = 0
+        self._base_ns: float | None = None
+        self._last_j = 0
+        self._last_t = -1
 
     def push(self, samples: Float32Array, dev_index: int, dev_ns: int) -> list[CapturedFrame]:
-        self._anchor_j, self._anchor_ns = dev_index, dev_ns
+        observed = dev_ns - dev_index * 1e9 / self._dev_rate
+        if self._base_ns is None:
+            self._base_ns = observed
+        else:
+            creep = (dev_index - self._last_j) * 1e9 / self._dev_rate * self._CREEP
+            self._base_ns = min(self._base_ns + creep, observed)
+        self._last_j = dev_index
         self._buf = np.concatenate((self._buf, samples)) if len(self._buf) else samples
         frames: list[CapturedFrame] = []
         while len(self._buf) >= self._n:
-            j = self._out_index * self._dev_rate / PCM_RATE_HZ
-            t = self._anchor_ns + round((j - self._anchor_j) * 1e9 / self._dev_rate)
-            frames.append(CapturedFrame(_to_pcm(self._buf[: self._n]), max(t, 0)))
+            t = round(self._base_ns + self._out_index * 1e9 / PCM_RATE_HZ)
+            t = max(t, self._last_t + 1, 0)
+            self._last_t = t
+            frames.append(CapturedFrame(to_pcm(self._buf[: self._n]), t))
             self._buf = self._buf[self._n :]
             self._out_index += self._n
         return frames
@@ -291,7 +297,7 @@ def _pick_format(
     """(rate, channels) to open the device with.
 
     rate 0: 24 kHz when the device takes it (the host converts, with no added latency; soxr's
-    streaming resampler works in blocks and adds 15-40 ms), else the device's default rate.
+    streaming resampler works in blocks and adds 10-15 ms), else the device's default rate.
     channels 0: mono, or stereo when the device refuses mono.
     """
     info = _devices(sd)[index]
@@ -350,9 +356,13 @@ class AudioInput(abc.ABC):
 
 
 class AudioOutput(abc.ABC):
-    """A sink that pulls 24 kHz mono PCM16 from a :data:`PullFn` once per period."""
+    """A sink that pulls 24 kHz mono PCM16 from a :data:`PullFn` once per period.
+
+    ``writes`` keeps the last blocks written (time, estimated play time, peak level).
+    """
 
     period_ms: int
+    writes: collections.deque[WriteRecord]
 
     @abc.abstractmethod
     async def start(self, pull: PullFn) -> None:
@@ -474,7 +484,7 @@ class SoundDeviceInput(AudioInput):
             lag = float(time_info.currentTime) - float(time_info.inputBufferAdcTime)
             lag = max(lag if lag < 1.0 else 0.0, frames / self.rate)
             first_ns = now - int(lag * 1e9)
-            mono = _mix(np.frombuffer(indata, dtype="<i2"), self.channels, self._channel)
+            mono = mix_to_mono(np.frombuffer(indata, dtype="<i2"), self.channels, self._channel)
             out = mono if self._resample is None else self._resample.resample_chunk(mono)
             assert self._framer is not None and self._handoff is not None
             for frame in self._framer.push(out, self._dev_samples, first_ns):
@@ -537,6 +547,7 @@ class SoundDeviceOutput(AudioOutput):
         self.channels = 0
         self.status_errors = 0  # PortAudio underflow flags seen
         self.callbacks = 0
+        self.writes = collections.deque(maxlen=_WRITE_LOG)
 
     @property
     def failed(self) -> DeviceError | None:
@@ -607,6 +618,8 @@ class SoundDeviceOutput(AudioOutput):
             if self.channels > 1:
                 pcm = np.repeat(pcm, self.channels)
             outdata[:] = pcm.tobytes()
+            peak = int(np.abs(block).max() * 32768.0) if len(block) else 0
+            self.writes.append(WriteRecord(now, play_ns, frames, peak))
         except Exception:
             log.exception("speaker callback failed")
             outdata[:] = bytes(len(outdata))
@@ -614,7 +627,7 @@ class SoundDeviceOutput(AudioOutput):
     def _fill(self, frames: int, play_ns: int) -> None:
         """Pull until the FIFO holds ``frames`` device samples.
 
-        soxr's streaming resampler emits its output in bursts (blocks of 15-40 ms), so this
+        soxr's streaming resampler emits its output in bursts (blocks of 10-40 ms), so this
         pulls ahead by up to one burst; a flush() drops what was pulled ahead.
         """
         assert self._pull is not None
@@ -625,7 +638,7 @@ class SoundDeviceOutput(AudioOutput):
             n = min(budget, max(min_pull, math.ceil((frames - len(self._fifo)) / ratio)))
             budget -= n
             at_ns = play_ns + int(len(self._fifo) * 1e9 / self.rate)
-            chunk = _to_float(self._pull(n, at_ns))
+            chunk = to_float(self._pull(n, at_ns))
             out = chunk if self._resample is None else self._resample.resample_chunk(chunk)
             self._fifo = np.concatenate((self._fifo, out)) if len(self._fifo) else out
         missing = frames - len(self._fifo)
@@ -701,10 +714,10 @@ def read_wav_24k_mono(path: str | Path) -> bytes:
     with _open_wav(path) as w:
         rate, channels = w.getframerate(), w.getnchannels()
         raw = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    mono = _mix(raw, channels, -1)
+    mono = mix_to_mono(raw, channels, -1)
     if rate != PCM_RATE_HZ:
-        mono = soxr.resample(mono, rate, PCM_RATE_HZ, quality="HQ").astype(np.float32)
-    return _to_pcm(mono)
+        mono = soxr.resample(mono, rate, PCM_RATE_HZ, quality="HQ").astype(np.float32)  # whole file
+    return to_pcm(mono)
 
 
 def _open_wav(path: str | Path) -> wave.Wave_read:
@@ -773,6 +786,7 @@ class _PacedOutput(AudioOutput):
     def __init__(self, *, period_ms: int):
         self.period_ms = period_ms
         self._task: asyncio.Task[None] | None = None
+        self.writes = collections.deque(maxlen=_WRITE_LOG)
         self._pull: PullFn | None = None
 
     async def start(self, pull: PullFn) -> None:
@@ -795,7 +809,11 @@ class _PacedOutput(AudioOutput):
             delay = (due - time.monotonic_ns()) / 1e9
             if delay > 0:
                 await asyncio.sleep(delay)  # pacing: this is the device's clock
-            self._write(self._pull(n, due))
+            now = time.monotonic_ns()
+            pcm = self._pull(n, now)
+            peak = int(np.abs(np.frombuffer(pcm, dtype="<i2").astype(np.int32)).max())
+            self.writes.append(WriteRecord(now, now, n, peak))
+            self._write(pcm)
             k += 1
 
     def _write(self, pcm: bytes) -> None:

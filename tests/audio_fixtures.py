@@ -165,6 +165,9 @@ def vaudio(alsa_audio: None, tmp_path: Path) -> Iterator[VirtualFiles]:
     os.environ["VAUDIO_IN"], os.environ["VAUDIO_OUT"] = str(files.input), str(files.output)
     yield files
     os.environ["VAUDIO_IN"], os.environ["VAUDIO_OUT"] = saved
+    # vplay is not paced: an open stream writes minutes of audio per second; do not keep it.
+    files.output.unlink(missing_ok=True)
+    files.input.unlink(missing_ok=True)
 
 
 # --- speech --------------------------------------------------------------------------------------

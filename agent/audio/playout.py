@@ -1,0 +1,168 @@
+"""The speaker's core: incoming voice -> jitter buffer -> device pulls, barge-in, volume, state.
+
+::
+
+    audio.out / navtalk.audio.delta ─▶ push() ─ ToMono24k ─▶ JitterBuffer ─▶ pull() ─▶ device
+    control.barge_in ─▶ barge_in() (flush)            control.volume ─▶ set_volume()
+    pull() records PlayedBlock / StateChange ─▶ drain() ─▶ audio.played, speaker.state
+
+No I/O and no clock reads (times are passed in), but it is shared by two threads:
+``pull`` runs on the audio device's thread, everything else on the event loop. One lock
+guards the jitter buffer and the counters; it is held for a few microseconds (deque and
+bytes operations only), so the device callback never waits for long.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from agent.audio.jitter import JitterBuffer
+from agent.audio.pcm import ToMono24k
+from agent.audio.settings import SpeakerSettings
+
+__all__ = ["PlayedBlock", "Playout", "StateChange"]
+
+log = logging.getLogger(__name__)
+
+_MS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PlayedBlock:
+    """What one device pull wrote: 24 kHz mono PCM16, after volume."""
+
+    pcm: bytes
+    pulled_mono_ns: int  # when the device asked for it (written to the device buffer)
+    play_mono_ns: int  # estimated time its first sample leaves the loudspeaker
+    real_samples: int  # samples that were audio, not padding
+    stream_id: str
+    playing: bool  # the speaker state when it was written (idle blocks are only recorded)
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    playing: bool
+    at_mono_ns: int
+
+
+class Playout:
+    def __init__(self, settings: SpeakerSettings, *, history: int = 500, keep_idle: bool = False):
+        """``keep_idle``: also hand out the silent blocks written while idle (recording)."""
+        self._settings = settings
+        self._keep_idle = keep_idle
+        self._lock = threading.Lock()
+        self._jitter = JitterBuffer(
+            target_ms=settings.jitter_target_ms, max_ms=settings.jitter_max_ms
+        )
+        self._convert = ToMono24k()
+        self._volume = settings.volume
+        self._hold_until_ns = 0
+        self._interrupted: str | None = None
+        self._stream_id = ""
+        self._idle_ns = settings.idle_after_ms * _MS
+        self._playing = False
+        self._last_real_ns = 0
+        # device thread -> loop: played blocks and state changes, oldest dropped
+        self._out: collections.deque[PlayedBlock | StateChange] = collections.deque(maxlen=history)
+        # latency bookkeeping: (stream position after the chunk, receive time)
+        self._stamps: collections.deque[tuple[int, int]] = collections.deque(maxlen=10_000)
+        self._pushed = 0  # samples pushed into the jitter buffer, ever
+        self.latencies_ns: collections.deque[int] = collections.deque(maxlen=10_000)
+        self.dropped_after_barge_in = 0
+        self.barge_ins = 0
+
+    # -- event loop side ---------------------------------------------------------------------
+
+    def push(
+        self, pcm: bytes, sample_rate_hz: int, channels: int, stream_id: str, now_ns: int
+    ) -> bool:
+        """Queue received voice; False when it was dropped (just after a barge-in)."""
+        if now_ns < self._hold_until_ns or (stream_id and stream_id == self._interrupted):
+            self.dropped_after_barge_in += 1
+            return False
+        mono = self._convert.convert(pcm, sample_rate_hz, channels)
+        with self._lock:
+            self._stream_id = stream_id
+            self._jitter.push(mono, now_ns)
+            self._pushed += len(mono) // 2
+            self._stamps.append((self._pushed, now_ns))
+        return True
+
+    def barge_in(self, now_ns: int) -> int:
+        """Drop everything queued; drop arriving audio for ``barge_in_hold_ms`` and the rest
+        of the interrupted stream. Returns the samples dropped."""
+        with self._lock:
+            dropped = self._jitter.flush()
+            self._stamps.clear()
+            self._interrupted = self._stream_id or None
+        self._hold_until_ns = now_ns + self._settings.barge_in_hold_ms * _MS
+        self._convert.reset()
+        self.barge_ins += 1
+        return dropped
+
+    def set_volume(self, level: float) -> None:
+        self._volume = min(1.0, max(0.0, level))  # a float store: atomic for the device thread
+
+    @property
+    def volume(self) -> float:
+        return self._volume
+
+    @property
+    def playing(self) -> bool:
+        return self._playing
+
+    def stats(self) -> tuple[float, int, int]:
+        """(queued_ms, underruns, overruns)."""
+        with self._lock:
+            return self._jitter.queued_ms, self._jitter.underruns, self._jitter.overruns
+
+    def drain(self) -> list[PlayedBlock | StateChange]:
+        out: list[PlayedBlock | StateChange] = []
+        while self._out:
+            out.append(self._out.popleft())
+        return out
+
+    def tick(self, now_ns: int) -> None:
+        """Go idle when nothing has played for ``idle_after_ms`` even if the device stopped
+        pulling (called by the shell now and then; the change comes out of drain())."""
+        with self._lock:
+            self._maybe_idle(now_ns)
+
+    # -- device thread side ------------------------------------------------------------------
+
+    def pull(self, n: int, now_ns: int, play_ns: int) -> bytes:
+        """Exactly ``n`` samples for the device (silence when nothing is queued)."""
+        with self._lock:
+            pcm, real = self._jitter.pop(n, now_ns)
+            consumed = self._pushed - self._jitter.queued_samples
+            while self._stamps and self._stamps[0][0] <= consumed:
+                self.latencies_ns.append(now_ns - self._stamps.popleft()[1])
+            if real:
+                self._last_real_ns = now_ns
+                if not self._playing:
+                    self._playing = True
+                    self._out.append(StateChange(True, now_ns))
+            else:
+                self._maybe_idle(now_ns)
+            stream_id = self._stream_id
+        volume = self._volume
+        if real and volume != 1.0:
+            x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) * np.float32(volume)
+            pcm = np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
+        if self._playing or self._keep_idle:
+            self._out.append(PlayedBlock(pcm, now_ns, play_ns, real, stream_id, self._playing))
+        return pcm
+
+    def _maybe_idle(self, now_ns: int) -> None:
+        if (
+            self._playing
+            and self._jitter.queued_samples == 0
+            and now_ns - self._last_real_ns >= self._idle_ns
+        ):
+            self._playing = False
+            self._out.append(StateChange(False, now_ns))

@@ -1,0 +1,228 @@
+"""The speaker process: plays the avatar's voice, stops at once on barge-in.
+
+::
+
+    audio.out (WebRTC voice, e.g. 48 kHz stereo)  ┐
+    navtalk.audio.delta (audio-only mode, 24 kHz) ┴▶ Playout (jitter buffer) ◀─pull─ device
+    control.barge_in ─▶ flush queued audio + the device's own look-ahead: silent within one
+                        device period (speaker.period_ms)
+    control.volume   ─▶ gain
+    ─▶ speaker.state (playing / idle, on change and every state_interval_ms)
+    ─▶ audio.played  (what was written, 24 kHz mono, stamped with its estimated play time:
+                      the echo reference for the mic)
+
+The device pulls on its own thread (see :mod:`agent.audio.playout`); the played blocks come
+back to the event loop through a bounded deque plus one pending wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import wave
+from pathlib import Path
+
+from agent import topics
+from agent.audio.pcm import PCM_RATE_HZ
+from agent.audio.playout import PlayedBlock, Playout, StateChange
+from agent.bus import Bus
+from agent.config import Settings
+from agent.errors import DeviceError
+from agent.messages import AudioFrame, BargeIn, Metrics, SetVolume, SpeakerState
+from hardware.audio import AudioOutput, open_output
+
+__all__ = ["run"]
+
+log = logging.getLogger(__name__)
+
+METRICS_INTERVAL_S = 5.0
+
+
+class _Wakeup:
+    """Device thread -> event loop: at most one pending call_soon_threadsafe."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self.event = asyncio.Event()
+        self._pending = False
+
+    def wake(self) -> None:  # any thread
+        if not self._pending:
+            self._pending = True
+            try:
+                self._loop.call_soon_threadsafe(self._set)
+            except RuntimeError:  # the loop is closed: shutting down
+                pass
+
+    def _set(self) -> None:
+        self._pending = False
+        self.event.set()
+
+
+async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None) -> None:
+    """Play until cancelled. ``device`` is built from ``settings.speaker`` when not given (an
+    injected device is started and closed here too)."""
+    cfg = settings.speaker
+    source_topic = topics.NAVTALK_AUDIO_DELTA if cfg.audio_only else topics.AUDIO_OUT
+    bus.subscribe(source_topic, topics.CONTROL_BARGE_IN, topics.CONTROL_VOLUME)
+    await bus.start()
+    playout = Playout(cfg, keep_idle=bool(cfg.record_path))
+    wakeup = _Wakeup(asyncio.get_running_loop())
+
+    def pull(n: int, play_ns: int) -> bytes:  # the device's thread
+        pcm = playout.pull(n, time.monotonic_ns(), play_ns)
+        wakeup.wake()
+        return pcm
+
+    output = device if device is not None else open_output(cfg)
+    await output.start(pull)
+    recorder = _Recorder(Path(cfg.record_path)) if cfg.record_path else None
+    log.info(
+        "= speaker up: %s, source %s, period %d ms, jitter %d/%d ms",
+        type(output).__name__,
+        source_topic,
+        output.period_ms,
+        cfg.jitter_target_ms,
+        cfg.jitter_max_ms,
+    )
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(_bus_loop(bus, playout, output, source_topic), name="speaker-bus")
+            tasks.create_task(
+                _played_loop(bus, playout, output, wakeup, recorder, cfg.publish_played,
+                             cfg.state_interval_ms / 1000),
+                name="speaker-played",
+            )  # fmt: skip
+            tasks.create_task(_metrics_loop(bus, playout), name="speaker-metrics")
+    finally:
+        await output.close()
+        if recorder is not None:
+            recorder.close()
+
+
+async def _bus_loop(bus: Bus, playout: Playout, output: AudioOutput, source_topic: str) -> None:
+    async for d in bus:
+        msg = d.msg
+        try:
+            if isinstance(msg, BargeIn):
+                now = time.monotonic_ns()
+                dropped = playout.barge_in(now)
+                output.flush()
+                log.info(
+                    "< barge-in (%s): dropped %d ms queued, %.2f ms after it was sent",
+                    msg.reason,
+                    dropped * 1000 // PCM_RATE_HZ,
+                    (now - d.mono_ns) / 1e6,
+                )
+            elif isinstance(msg, SetVolume):
+                playout.set_volume(msg.level)
+                log.info("< volume %.2f", msg.level)
+            elif isinstance(msg, AudioFrame) and d.topic == source_topic:
+                if d.payload:
+                    playout.push(
+                        d.payload[0],
+                        msg.sample_rate_hz,
+                        msg.channels,
+                        msg.stream_id,
+                        time.monotonic_ns(),
+                    )
+        except Exception:  # never die on one bad message
+            log.exception("< %s from %s: could not handle it", d.topic, d.sender)
+
+
+async def _played_loop(
+    bus: Bus,
+    playout: Playout,
+    output: AudioOutput,
+    wakeup: _Wakeup,
+    recorder: _Recorder | None,
+    publish_played: bool,
+    state_interval_s: float,
+) -> None:
+    last_state = 0.0
+    while True:
+        wakeup.event.clear()
+        playout.tick(time.monotonic_ns())
+        for item in playout.drain():
+            if isinstance(item, StateChange):
+                log.info("= speaker %s", "playing" if item.playing else "idle")
+                _publish_state(bus, playout)
+                last_state = time.monotonic()
+            elif isinstance(item, PlayedBlock):
+                if publish_played and item.playing:
+                    bus.publish(
+                        topics.AUDIO_PLAYED,
+                        AudioFrame(
+                            sample_rate_hz=PCM_RATE_HZ,
+                            channels=1,
+                            capture_mono_ns=item.play_mono_ns,
+                            stream_id=item.stream_id,
+                        ),
+                        item.pcm,
+                    )
+                if recorder is not None:
+                    recorder.write(item.pcm)
+        if output.failed is not None:
+            raise DeviceError(str(output.failed))
+        if time.monotonic() - last_state >= state_interval_s:
+            _publish_state(bus, playout)
+            last_state = time.monotonic()
+        try:
+            # Woken by the device thread after each pull; the timeout keeps the periodic
+            # state and the idle check going when the device is not pulling.
+            await asyncio.wait_for(wakeup.event.wait(), timeout=0.1)
+        except TimeoutError:
+            pass
+
+
+def _publish_state(bus: Bus, playout: Playout) -> None:
+    queued_ms, underruns, overruns = playout.stats()
+    bus.publish(
+        topics.SPEAKER_STATE,
+        SpeakerState(
+            playing=playout.playing,
+            queued_ms=queued_ms,
+            underruns=underruns,
+            overruns=overruns,
+            volume=playout.volume,
+        ),
+    )
+
+
+async def _metrics_loop(bus: Bus, playout: Playout) -> None:
+    while True:
+        await asyncio.sleep(METRICS_INTERVAL_S)  # a reporting period, not a wait for an event
+        queued_ms, underruns, overruns = playout.stats()
+        values = {
+            "queued_ms": queued_ms,
+            "underruns": float(underruns),
+            "overruns": float(overruns),
+            "barge_ins": float(playout.barge_ins),
+            "dropped_after_barge_in": float(playout.dropped_after_barge_in),
+        }
+        lat = sorted(playout.latencies_ns)
+        if lat:
+            values["out_to_device_ms_p50"] = lat[len(lat) // 2] / 1e6
+            values["out_to_device_ms_p99"] = lat[min(len(lat) - 1, len(lat) * 99 // 100)] / 1e6
+        bus.publish("metrics.speaker", Metrics(service="speaker", values=values))
+
+
+class _Recorder:
+    """speaker.record_path: what was played, as a 24 kHz mono WAV."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._wav: wave.Wave_write | None = wave.open(str(path), "wb")
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(PCM_RATE_HZ)
+
+    def write(self, pcm: bytes) -> None:
+        if self._wav is not None:
+            self._wav.writeframesraw(pcm)
+
+    def close(self) -> None:
+        if self._wav is not None:
+            self._wav.close()
+            self._wav = None
