@@ -104,8 +104,9 @@ async def test_known_wav_in_gives_the_same_speech_on_audio_mic(
         vaudio.set_input(w.readframes(w.getnframes()), rate=48_000, ch=2)
     settings = _settings(big_bus)
     device = SoundDeviceInput("vrec", sample_rate_hz=48_000, channels=2, queue_ms=600_000)
-    async with Bus(big_bus, "session", media_queue=100_000) as test:
-        test.subscribe(topics.AUDIO_MIC)
+    test = Bus(big_bus, "session", media_queue=100_000)
+    test.subscribe(topics.AUDIO_MIC)  # before start(): in place before the mic publishes
+    async with test:
         async with _running("mic", mic.run, settings, device):
             n = len(speech.samples) // FRAME + 1
             frames = await _collect_frames(test, n)

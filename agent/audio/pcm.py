@@ -72,10 +72,21 @@ class ToMono24k:
     def __init__(self) -> None:
         self._format: tuple[int, int] | None = None
         self._resample: soxr.ResampleStream | None = None
+        self.pending = False  # the resampler holds the tail of a stream
 
     def reset(self) -> None:
         self._format = None
         self._resample = None
+        self.pending = False
+
+    def flush(self) -> bytes:
+        """The tail the resampler still holds (end of a stream); the next block starts a fresh
+        stream. Without this, the last ~15 ms of an utterance would wait for the next one."""
+        tail = b""
+        if self._resample is not None and self.pending:
+            tail = to_pcm(self._resample.resample_chunk(np.zeros(0, np.float32), last=True))
+        self.reset()
+        return tail
 
     def convert(self, pcm: bytes, sample_rate_hz: int, channels: int) -> bytes:
         usable = len(pcm) - len(pcm) % (SAMPLE_BYTES * channels)
@@ -90,5 +101,7 @@ class ToMono24k:
                 else stream_resampler(sample_rate_hz, PCM_RATE_HZ)
             )
         mono = mix_to_mono(np.frombuffer(pcm[:usable], dtype="<i2"), channels)
-        out = mono if self._resample is None else self._resample.resample_chunk(mono)
-        return to_pcm(out)
+        if self._resample is None:
+            return to_pcm(mono)
+        self.pending = True
+        return to_pcm(self._resample.resample_chunk(mono))

@@ -64,6 +64,9 @@ class Playout:
         self._hold_until_ns = 0
         self._interrupted: str | None = None
         self._stream_id = ""
+        self._last_push_ns = 0
+        # A stream that stops for this long has ended: the resampler's tail is played.
+        self._tail_after_ns = max(20, settings.jitter_target_ms // 2) * _MS
         self._idle_ns = settings.idle_after_ms * _MS
         self._playing = False
         self._last_real_ns = 0
@@ -86,12 +89,16 @@ class Playout:
             self.dropped_after_barge_in += 1
             return False
         mono = self._convert.convert(pcm, sample_rate_hz, channels)
+        self._last_push_ns = now_ns
+        self._queue(mono, stream_id, now_ns)
+        return True
+
+    def _queue(self, mono: bytes, stream_id: str, now_ns: int) -> None:
         with self._lock:
             self._stream_id = stream_id
             self._jitter.push(mono, now_ns)
             self._pushed += len(mono) // 2
             self._stamps.append((self._pushed, now_ns))
-        return True
 
     def barge_in(self, now_ns: int) -> int:
         """Drop everything queued; drop arriving audio for ``barge_in_hold_ms`` and the rest
@@ -128,8 +135,13 @@ class Playout:
         return out
 
     def tick(self, now_ns: int) -> None:
-        """Go idle when nothing has played for ``idle_after_ms`` even if the device stopped
-        pulling (called by the shell now and then; the change comes out of drain())."""
+        """Called by the shell after device pulls and now and then: when the stream has paused,
+        queue the resampler's tail; go idle when nothing has played for ``idle_after_ms`` even
+        if the device stopped pulling (the change comes out of drain())."""
+        if self._convert.pending and now_ns - self._last_push_ns >= self._tail_after_ns:
+            tail = self._convert.flush()
+            if tail:
+                self._queue(tail, self._stream_id, now_ns)
         with self._lock:
             self._maybe_idle(now_ns)
 

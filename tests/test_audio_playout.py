@@ -1,0 +1,61 @@
+"""The speaker's core: conversion, barge-in, state changes, volume, latency stamps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.audio.playout import PlayedBlock, Playout, StateChange
+from agent.audio.settings import SpeakerSettings
+
+MS = 1_000_000
+
+
+def _pcm(n: int, value: int = 1000, channels: int = 1) -> bytes:
+    return np.full(n * channels, value, dtype="<i2").tobytes()
+
+
+def _playout(**fields: object) -> Playout:
+    base: dict[str, object] = {"jitter_target_ms": 20, "idle_after_ms": 30}
+    base.update(fields)
+    return Playout(SpeakerSettings(**base))  # type: ignore[arg-type]
+
+
+def test_plays_converted_audio_and_reports_state_changes() -> None:
+    p = _playout()
+    assert p.push(_pcm(960, channels=2), 48_000, 2, "r1", now_ns=0)  # 20 ms of 48 kHz stereo
+    assert p.push(_pcm(960, channels=2), 48_000, 2, "r1", now_ns=20 * MS)
+    out = []
+    for k in range(12):
+        now = (30 + 10 * k) * MS
+        p.tick(now)  # as the shell does after each pull: plays the resampler's tail
+        out.append(p.pull(240, now_ns=now, play_ns=0))
+    events = p.drain()
+    changes = [e for e in events if isinstance(e, StateChange)]
+    assert [c.playing for c in changes] == [True, False]
+    real = sum(e.real_samples for e in events if isinstance(e, PlayedBlock))
+    assert real == 960  # all 40 ms, the resampler's tail included
+    samples = np.frombuffer(b"".join(out), "<i2")
+    assert 990 <= float(np.median(samples[samples != 0])) <= 1010  # a DC step: 1000 mono
+
+
+def test_barge_in_flushes_and_holds_then_accepts_a_new_stream() -> None:
+    p = _playout(barge_in_hold_ms=100)
+    p.push(_pcm(24_00), 24_000, 1, "r1", now_ns=0)
+    p.pull(240, now_ns=1 * MS, play_ns=0)
+    assert p.barge_in(now_ns=10 * MS) == 2400 - 240
+    assert p.pull(240, now_ns=11 * MS, play_ns=0) == bytes(480)
+    assert not p.push(_pcm(480), 24_000, 1, "r2", now_ns=50 * MS)  # within the hold
+    assert not p.push(_pcm(480), 24_000, 1, "r1", now_ns=500 * MS)  # the interrupted stream
+    assert p.push(_pcm(480), 24_000, 1, "r2", now_ns=500 * MS)  # a new response plays
+    assert p.dropped_after_barge_in == 2
+
+
+def test_volume_and_latency_stamps() -> None:
+    p = _playout(jitter_target_ms=0)
+    p.set_volume(0.5)
+    p.push(_pcm(240, 2000), 24_000, 1, "", now_ns=0)
+    pcm = p.pull(240, now_ns=7 * MS, play_ns=0)
+    assert set(np.frombuffer(pcm, "<i2")) == {1000}
+    assert list(p.latencies_ns) == [7 * MS]
+    p.set_volume(3.0)
+    assert p.volume == 1.0
