@@ -162,7 +162,9 @@ class View:
             self.phase, self.detail = msg.phase.value, msg.detail
             if msg.phase is SessionPhase.READY:
                 self.was_ready = True
-            if self.was_ready and msg.phase in (SessionPhase.CLOSED, SessionPhase.FAILED):
+            # IDLE after a conversation: it ended on purpose (end_conversation); FAILED: for good.
+            # CLOSED alone is a drop that the session recovers from by reconnecting.
+            if self.was_ready and msg.phase in (SessionPhase.IDLE, SessionPhase.FAILED):
                 self.ended = True
             if changed:
                 return f"session: {msg.phase.value} {msg.detail}".rstrip()

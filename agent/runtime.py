@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import importlib
 import logging
 import os
@@ -72,6 +73,7 @@ async def _wait_shutdown(bus: Bus) -> str:
 async def serve(name: str, settings: Settings, main: ServiceMain | None = None) -> int:
     """Run service ``name`` until it ends, fails, or is told to stop. Returns an exit code."""
     main = main or load_service(name)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: dump stacks
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stop_reason: list[str] = []

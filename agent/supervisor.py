@@ -98,6 +98,7 @@ class Child:
     argv: list[str]
     policy: RestartPolicy
     cores: list[int] = field(default_factory=list)
+    heartbeats: bool = True  # False: not on the bus (the emulator); watched by its exit only
     phase: ChildPhase = ChildPhase.STARTING
     proc: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
@@ -154,6 +155,7 @@ class Supervisor:
                 argv,
                 RestartPolicy.from_settings(self._sup),
                 cores=list(self._sup.cpu_affinity.get(name, [])),
+                heartbeats=name != "emulator",
             )
 
     def stop(self, reason: str) -> None:
@@ -267,7 +269,7 @@ class Supervisor:
             now = time.monotonic()
             for child in self.children.values():
                 proc = child.proc
-                if proc is None or proc.returncode is not None:
+                if proc is None or proc.returncode is not None or not child.heartbeats:
                     continue
                 limit = (
                     self._sup.startup_grace_s
