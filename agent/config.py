@@ -62,17 +62,27 @@ def _ipc(name: str) -> str:
     return f"ipc:///tmp/navtalk-agent/{name}"
 
 
+class ControlPlane(PlaneEndpoints, frozen=True, kw_only=True):
+    """Control plane: events, tool calls, signaling. Large HWM: must not drop."""
+
+    publish: Endpoint = _ipc("control-in")  # where PUB sockets connect (proxy XSUB binds)
+    subscribe: Endpoint = _ipc("control-out")  # where SUB sockets connect (proxy XPUB binds)
+    hwm: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100_000  # messages queued per peer
+
+
+class MediaPlane(PlaneEndpoints, frozen=True, kw_only=True):
+    """Media plane: audio frames. Small HWM (~2 s of 20 ms frames): drops when a reader lags."""
+
+    publish: Endpoint = _ipc("media-in")  # where PUB sockets connect (proxy XSUB binds)
+    subscribe: Endpoint = _ipc("media-out")  # where SUB sockets connect (proxy XPUB binds)
+    hwm: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 100  # messages queued per peer
+
+
 class BusSettings(_Section, frozen=True, kw_only=True):
     """The ZeroMQ bus: ipc:// on one board, tcp:// to spread processes over boards."""
 
-    # Control plane: events, tool calls, signaling. Large HWM: must not drop.
-    control: PlaneEndpoints = PlaneEndpoints(
-        publish=_ipc("control-in"), subscribe=_ipc("control-out"), hwm=100_000
-    )
-    # Media plane: audio frames. Small HWM (~2 s of 20 ms frames): drops when a reader lags.
-    media: PlaneEndpoints = PlaneEndpoints(
-        publish=_ipc("media-in"), subscribe=_ipc("media-out"), hwm=100
-    )
+    control: ControlPlane = ControlPlane()
+    media: MediaPlane = MediaPlane()
 
 
 class SupervisorSettings(_Section, frozen=True, kw_only=True):

@@ -24,7 +24,7 @@ import zmq.asyncio
 
 from agent import topics
 from agent.bus import Bus, Proxy
-from agent.config import BusSettings, PlaneEndpoints
+from agent.config import BusSettings, ControlPlane, MediaPlane
 from agent.messages import AudioFrame, Envelope, decode_envelope, encode_envelope
 from bench.common import percentiles, save, table
 
@@ -34,10 +34,10 @@ FRAME = bytes(512 * 512 * 3)
 
 def _settings(d: str) -> BusSettings:
     return BusSettings(
-        control=PlaneEndpoints(
+        control=ControlPlane(
             publish=f"ipc://{d}/c-in", subscribe=f"ipc://{d}/c-out", hwm=100_000
         ),
-        media=PlaneEndpoints(publish=f"ipc://{d}/m-in", subscribe=f"ipc://{d}/m-out", hwm=1000),
+        media=MediaPlane(publish=f"ipc://{d}/m-in", subscribe=f"ipc://{d}/m-out", hwm=1000),
     )
 
 

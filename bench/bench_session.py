@@ -30,7 +30,7 @@ import msgspec
 
 from agent import topics
 from agent.bus import Bus, Proxy
-from agent.config import BusSettings, PlaneEndpoints, Settings, default_settings
+from agent.config import BusSettings, ControlPlane, MediaPlane, Settings, default_settings
 from agent.emulator.brain import Script
 from agent.emulator.server import Emulator, SessionRecord
 from agent.messages import AudioFrame, SessionPhase, SessionState
@@ -58,9 +58,9 @@ def _child(settings_json: str) -> None:
 async def bench(seconds: float) -> dict[str, object]:
     tmp = tempfile.mkdtemp(prefix="nt-bench-")
     bus_settings = BusSettings(
-        control=PlaneEndpoints(publish=f"ipc://{tmp}/c-in", subscribe=f"ipc://{tmp}/c-out",
+        control=ControlPlane(publish=f"ipc://{tmp}/c-in", subscribe=f"ipc://{tmp}/c-out",
                                hwm=100_000),
-        media=PlaneEndpoints(publish=f"ipc://{tmp}/m-in", subscribe=f"ipc://{tmp}/m-out", hwm=100),
+        media=MediaPlane(publish=f"ipc://{tmp}/m-in", subscribe=f"ipc://{tmp}/m-out", hwm=100),
     )  # fmt: skip
     arrivals: dict[int, int] = {}
     n = int(seconds / 0.020)

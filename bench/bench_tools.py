@@ -27,7 +27,7 @@ from typing import Any
 
 from agent import topics
 from agent.bus import Bus
-from agent.config import BusSettings, PlaneEndpoints
+from agent.config import BusSettings, ControlPlane, MediaPlane
 from agent.messages import ToolCall, ToolCatalog, ToolDescribe, ToolResult
 from bench.common import percentiles, save, table
 
@@ -50,10 +50,10 @@ async def noop_async(n: int = 0) -> int:
 
 def _bus_settings(d: str) -> BusSettings:
     return BusSettings(
-        control=PlaneEndpoints(
+        control=ControlPlane(
             publish=f"ipc://{d}/c-in", subscribe=f"ipc://{d}/c-out", hwm=100_000
         ),
-        media=PlaneEndpoints(publish=f"ipc://{d}/m-in", subscribe=f"ipc://{d}/m-out", hwm=100),
+        media=MediaPlane(publish=f"ipc://{d}/m-in", subscribe=f"ipc://{d}/m-out", hwm=100),
     )
 
 

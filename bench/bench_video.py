@@ -39,7 +39,7 @@ import numpy.typing as npt
 
 from agent import topics
 from agent.bus import Bus, Delivery, Proxy
-from agent.config import BusSettings, PlaneEndpoints, Settings, default_settings
+from agent.config import BusSettings, ControlPlane, MediaPlane, Settings, default_settings
 from agent.messages import AudioFrame, SdpMessage, SessionPhase, SessionState, VideoStats
 from agent.video.settings import DisplaySettings
 from bench.common import save, table
@@ -51,10 +51,10 @@ CLICK_LEVEL = 12_000  # |sample| above this in audio.out is the marker's click
 
 def bus_settings(directory: str) -> BusSettings:
     return BusSettings(
-        control=PlaneEndpoints(
+        control=ControlPlane(
             publish=f"ipc://{directory}/c-in", subscribe=f"ipc://{directory}/c-out", hwm=100_000
         ),
-        media=PlaneEndpoints(
+        media=MediaPlane(
             publish=f"ipc://{directory}/m-in", subscribe=f"ipc://{directory}/m-out", hwm=1000
         ),
     )

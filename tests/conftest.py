@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 
 from agent.bus import Bus, Proxy
-from agent.config import BusSettings, PlaneEndpoints
+from agent.config import BusSettings, ControlPlane, MediaPlane
 
 MakeBus = Callable[..., Awaitable[Bus]]
 
 
 def ipc_bus_settings(directory: str, *, media_hwm: int = 100) -> BusSettings:
     return BusSettings(
-        control=PlaneEndpoints(
+        control=ControlPlane(
             publish=f"ipc://{directory}/c-in", subscribe=f"ipc://{directory}/c-out", hwm=100_000
         ),
-        media=PlaneEndpoints(
+        media=MediaPlane(
             publish=f"ipc://{directory}/m-in", subscribe=f"ipc://{directory}/m-out", hwm=media_hwm
         ),
     )

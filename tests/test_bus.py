@@ -11,7 +11,7 @@ import zmq
 
 from agent import topics
 from agent.bus import Bus, Proxy
-from agent.config import BusSettings, PlaneEndpoints
+from agent.config import BusSettings, ControlPlane, MediaPlane
 from agent.errors import BusError
 from agent.messages import (
     AudioFrame,
@@ -56,10 +56,10 @@ def _free_port() -> int:
 async def test_tcp_loopback_proxy() -> None:
     ports = [_free_port() for _ in range(4)]
     settings = BusSettings(
-        control=PlaneEndpoints(
+        control=ControlPlane(
             publish=f"tcp://127.0.0.1:{ports[0]}", subscribe=f"tcp://127.0.0.1:{ports[1]}", hwm=1000
         ),
-        media=PlaneEndpoints(
+        media=MediaPlane(
             publish=f"tcp://127.0.0.1:{ports[2]}", subscribe=f"tcp://127.0.0.1:{ports[3]}", hwm=100
         ),
     )
