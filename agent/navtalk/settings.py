@@ -70,11 +70,11 @@ class EmulatorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     script_path: str = ""  # rules file (TOML); empty = the built-in default_script.toml
     webrtc: bool = True  # offer WebRTC (avatar video + voice) after connected.success
     send_audio_deltas: bool = True  # also send realtime.response.audio.delta
-    video_width: PosInt = 512  # avatar video size
-    video_height: PosInt = 512
-    video_fps: Annotated[int, msgspec.Meta(gt=0, le=60)] = 25
+    video_width: PosInt = 512  # avatar video width (pixels)
+    video_height: PosInt = 512  # avatar video height (pixels)
+    video_fps: Annotated[int, msgspec.Meta(gt=0, le=60)] = 25  # avatar video frame rate
     tts_voice: str = "en-us"  # espeak-ng voice
-    tts_words_per_minute: Annotated[int, msgspec.Meta(ge=80, le=450)] = 160
+    tts_words_per_minute: Annotated[int, msgspec.Meta(ge=80, le=450)] = 160  # espeak-ng speed
     vad_mode: Annotated[int, msgspec.Meta(ge=0, le=3)] = 3  # webrtcvad aggressiveness
     vad_start_ms: PosInt = 90  # voiced audio needed before speech_started
     vad_end_ms: PosInt = 600  # silence needed before speech_stopped
