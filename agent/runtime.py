@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import faulthandler
 import importlib
+import io
 import logging
 import os
 import signal
@@ -112,20 +113,31 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
             reason = shutdown.result() if shutdown in done else ", ".join(stop_reason)
             log.info("= %s stopping (%s)", name, reason)
     finally:
-        for task in (service, beats, shutdown, stopper):
+        tasks: tuple[asyncio.Task[Any], ...] = (service, beats, shutdown, stopper)
+        for task in tasks:
             task.cancel()
-        for task in (service, beats, shutdown, stopper):
-            with contextlib.suppress(asyncio.CancelledError):
-                try:
-                    await asyncio.wait_for(task, timeout=settings.supervisor.stop_timeout_s)
-                except TimeoutError:
-                    log.error("%s: task %s did not stop in time", name, task.get_name())
-                except Exception:
-                    if task is service and code == 0:
-                        log.exception("%s failed while stopping", name)
+        budget = settings.supervisor.stop_timeout_s * 0.75
+        _, pending = await asyncio.wait(tasks, timeout=budget)
+        if service.done() and not service.cancelled() and code == 0:
+            exc = service.exception()
+            if exc is not None:
+                log.error("%s failed while stopping", name, exc_info=exc)
+                code = 1
         await bus.close()
         await control.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        if pending:
+            # A task that ignores cancellation would hang asyncio.run() too: say where it is
+            # stuck, then leave at once so the supervisor's stop stays bounded.
+            for task in pending:
+                stack = io.StringIO()
+                task.print_stack(file=stack)
+                log.error(
+                    "%s: %s did not stop within %.1f s:\n%s",
+                    name, task.get_name(), budget, stack.getvalue(),
+                )  # fmt: skip
+            logging.shutdown()
+            os._exit(1)
     log.info("= %s stopped (exit %d)", name, code)
     return code

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import json
 import logging
+import signal
 import ssl
 import tempfile
 import time
@@ -638,8 +640,14 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             flush=True,
         )
 
-    try:
-        asyncio.run(serve(emu_settings, ready=ready))
-    except KeyboardInterrupt:
-        return 0
+    async def until_signal() -> None:
+        # SIGTERM (the supervisor, systemd) and SIGINT stop the server cleanly: exit code 0.
+        loop = asyncio.get_running_loop()
+        server = asyncio.create_task(serve(emu_settings, ready=ready), name="emulator")
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, server.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await server
+
+    asyncio.run(until_signal())
     return 0

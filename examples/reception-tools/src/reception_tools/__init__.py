@@ -6,6 +6,7 @@ every ``@tool`` in this module becomes a function the avatar can call.
 
 from __future__ import annotations
 
+import datetime
 import json
 import unicodedata
 from functools import cache
@@ -55,10 +56,12 @@ def lookup_reservation(name: str) -> dict[str, Any]:
     if not matches:
         return {"found": False, "summary": f"There is no reservation under the name {name}."}
     first = matches[0]
+    check_in = datetime.date.fromisoformat(first["check_in"])
+    nights = (datetime.date.fromisoformat(first["check_out"]) - check_in).days
     summary = (
-        f"Room {first['room']}, from {first['check_in']} to {first['check_out']}, "
-        f"for {first['guests']} guest{'s' if first['guests'] != 1 else ''}"
-        f"{', breakfast included' if first['breakfast'] else ''}."
+        f"Room {first['room']} for {first['guests']} "
+        f"guest{'s' if first['guests'] != 1 else ''}, {nights} night{'s' if nights != 1 else ''} "
+        f"from {check_in.day} {check_in:%B}{', breakfast included' if first['breakfast'] else ''}."
     )
     return {"found": True, "summary": summary, "reservations": matches}
 
