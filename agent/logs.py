@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 
 from agent.config import LICENSE_ENV, LogSettings
+from agent.navtalk.url import redact, register_secret
 
-_QUERY_RE = re.compile(r"(license=)[^&\s'\"]+", re.IGNORECASE)
-
-
-def redact(text: str) -> str:
-    """Remove the license (the env value, and any ``license=`` parameter) from ``text``."""
-    secret = os.environ.get(LICENSE_ENV, "").strip()
-    if secret and secret in text:
-        text = text.replace(secret, "***")
-    return _QUERY_RE.sub(r"\1***", text)
+__all__ = ["RedactingFormatter", "redact", "setup_logging"]
 
 
 class RedactingFormatter(logging.Formatter):
@@ -34,6 +26,9 @@ class RedactingFormatter(logging.Formatter):
 
 def setup_logging(settings: LogSettings, process: str, *, verbose: bool = False) -> None:
     """Configure the root logger for this process (stderr, plus a file when configured)."""
+    secret = os.environ.get(LICENSE_ENV, "").strip()
+    if secret:
+        register_secret(secret)
     fmt = RedactingFormatter(
         f"%(asctime)s.%(msecs)03d {process:<10} %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",

@@ -9,6 +9,7 @@ contain the URL or the license (log lines, errors, bus messages) goes through
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -82,3 +83,8 @@ class RedactFilter(logging.Filter):
         elif record.exc_text:
             record.exc_text = redact(record.exc_text)
         return True
+
+
+# Every process knows the license of its environment as a secret from the start, so a tap,
+# a recording or a log line never shows it, whoever wrote it (NAVTALK_LICENSE).
+register_secret(os.environ.get("NAVTALK_LICENSE", "").strip())
