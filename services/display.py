@@ -156,7 +156,10 @@ class _Display:
                         sample_rate_hz=int(f.sample_rate),
                         channels=channels,
                         capture_mono_ns=int(now * 1e9),
-                        stream_id=f"webrtc-{generation}",
+                        # One continuous voice per connection, not one stream per utterance:
+                        # no id, or the speaker would mute the rest of the call after a
+                        # barge-in (it drops the rest of an interrupted stream).
+                        stream_id="",
                     ),
                     data,
                 )
