@@ -62,7 +62,7 @@ DEFAULT_CONFIG = ROOT / "config" / "emulator.toml"
 # When (seconds into guest.wav) the guest starts each line of the script's `hears` list.
 # The lead-in covers process start-up and the avatar's greeting; each gap leaves room for
 # the avatar's answer, except before the barge-in line, which starts while it still talks.
-GUEST_TIMELINE: tuple[float, ...] = (8.0, 15.5, 24.5, 36.0, 41.5, 51.0)
+GUEST_TIMELINE: tuple[float, ...] = (8.0, 16.0, 25.5, 39.5, 45.0, 55.0)
 TAIL_SILENCE_S = 12.0
 
 

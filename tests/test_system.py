@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "fixtures" / "system-script.toml"
-TIMELINE = (6.0, 15.0, 26.5, 32.0, 40.0)
+TIMELINE = (6.0, 14.5, 28.5, 34.0, 42.0)
 LICENSE = "SYSTEM-TEST-LICENSE-7f3a9c1e5b"
 
 
