@@ -40,11 +40,10 @@ import numpy as np
 from rich.console import Group
 
 from agent import topics
-from agent.topics import Plane
 from agent.bus import Bus
 from agent.config import load, navtalk_license
-from agent.logs import redact
 from agent.emulator.tts import OUT_RATE_HZ, Tts
+from agent.logs import redact
 from agent.messages import (
     AssistantTranscript,
     BargeIn,
@@ -55,6 +54,7 @@ from agent.messages import (
     ToolResult,
     UserTranscript,
 )
+from agent.topics import Plane
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "config" / "emulator.toml"
@@ -209,7 +209,7 @@ class View:
 
 
 async def watch(
-    config: Path, overrides: Sequence[str], proc: subprocess.Popen[bytes], timeout_s: float,
+    config: Path, overrides: Sequence[str], proc: asyncio.subprocess.Process, timeout_s: float,
     *, live: bool, record: Path,
 ) -> View:  # fmt: skip
     """Follow the bus until the conversation ends; record every control message (redacted)."""
@@ -225,7 +225,7 @@ async def watch(
 
             ctx = Live(view.render(), refresh_per_second=4)  # type: ignore[assignment]
         with ctx as screen, record.open("w") as rec:
-            while not view.ended and proc.poll() is None and time.monotonic() < deadline:
+            while not view.ended and proc.returncode is None and time.monotonic() < deadline:
                 try:
                     d = await asyncio.wait_for(bus.recv(), 0.25)
                 except TimeoutError:
@@ -258,6 +258,18 @@ def export_history(db: Path, out: Path) -> int:
     return len(turns)
 
 
+def _prepare(outputs: Outputs, config: Path, script: Path | None) -> list[str]:
+    """Make the output folders, remove the last run's files, read the guest's lines."""
+    outputs.logs.mkdir(parents=True, exist_ok=True)
+    for stale in (outputs.speaker_wav, outputs.avatar_mp4, outputs.history_db):
+        stale.unlink(missing_ok=True)
+    settings = load(config)
+    script_path = script or Path(settings.emulator.script_path or "")
+    if not script_path.is_file():
+        raise SystemExit(f"demo: the emulator script {script_path} does not exist")
+    return script_lines(script_path)
+
+
 async def run_demo(
     *,
     out: Path,
@@ -269,15 +281,8 @@ async def run_demo(
     script: Path | None = None,
     extra_overrides: Sequence[str] = (),
 ) -> int:
-    outputs = Outputs.under(out.resolve())
-    outputs.out.mkdir(parents=True, exist_ok=True)
-    for stale in (outputs.speaker_wav, outputs.avatar_mp4, outputs.history_db):
-        stale.unlink(missing_ok=True)
-    settings = load(config)
-    script_path = script or Path(settings.emulator.script_path or "")
-    if not script_path.is_file():
-        raise SystemExit(f"demo: the emulator script {script_path} does not exist")
-    lines = script_lines(script_path)
+    outputs = Outputs.under(await asyncio.to_thread(out.resolve))
+    lines = await asyncio.to_thread(_prepare, outputs, config, script)
     print(f"demo: synthesizing the guest's {len(lines)} lines with espeak-ng ...", flush=True)
     spans = await write_guest_wav(outputs.guest_wav, lines, starts_s[: len(lines)])
     overrides = [*overrides_for(outputs, window=window, script=script), *extra_overrides]
@@ -285,9 +290,10 @@ async def run_demo(
     for item in overrides:
         args += ["--set", item]
     print(f"demo: starting the agent: navtalk-agent run --config {config}", flush=True)
-    outputs.logs.mkdir(parents=True, exist_ok=True)
-    sup_log = (outputs.logs / "run.log").open("wb")
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=sup_log, stderr=subprocess.STDOUT)
+    sup_log = await asyncio.to_thread((outputs.logs / "run.log").open, "wb")
+    proc = await asyncio.create_subprocess_exec(
+        *args, cwd=ROOT, stdout=sup_log, stderr=subprocess.STDOUT
+    )
     t0 = time.monotonic()
     live = sys.stdout.isatty() if live is None else live
     try:
@@ -295,13 +301,13 @@ async def run_demo(
             config, overrides, proc, timeout_s + spans[-1][1], live=live, record=outputs.bus_record
         )
     finally:
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
         try:
-            code = await asyncio.to_thread(proc.wait, 20)
-        except subprocess.TimeoutExpired:
+            code = await asyncio.wait_for(proc.wait(), 20)
+        except TimeoutError:
             proc.kill()
-            code = proc.wait()
+            code = await proc.wait()
         sup_log.close()
     turns = export_history(outputs.history_db, outputs.history_json)
     print(f"\ndemo: finished in {time.monotonic() - t0:.0f} s; agent exit code {code}")

@@ -14,7 +14,6 @@ Exit codes: 0 after a clean stop (SIGTERM, SIGINT, ``control.shutdown``),
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import faulthandler
 import importlib
 import io

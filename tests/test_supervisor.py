@@ -6,8 +6,8 @@ import asyncio
 import os
 import signal
 import socket
-import urllib.request
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
