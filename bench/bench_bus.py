@@ -34,9 +34,7 @@ FRAME = bytes(512 * 512 * 3)
 
 def _settings(d: str) -> BusSettings:
     return BusSettings(
-        control=ControlPlane(
-            publish=f"ipc://{d}/c-in", subscribe=f"ipc://{d}/c-out", hwm=100_000
-        ),
+        control=ControlPlane(publish=f"ipc://{d}/c-in", subscribe=f"ipc://{d}/c-out", hwm=100_000),
         media=MediaPlane(publish=f"ipc://{d}/m-in", subscribe=f"ipc://{d}/m-out", hwm=1000),
     )
 

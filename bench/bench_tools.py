@@ -50,9 +50,7 @@ async def noop_async(n: int = 0) -> int:
 
 def _bus_settings(d: str) -> BusSettings:
     return BusSettings(
-        control=ControlPlane(
-            publish=f"ipc://{d}/c-in", subscribe=f"ipc://{d}/c-out", hwm=100_000
-        ),
+        control=ControlPlane(publish=f"ipc://{d}/c-in", subscribe=f"ipc://{d}/c-out", hwm=100_000),
         media=MediaPlane(publish=f"ipc://{d}/m-in", subscribe=f"ipc://{d}/m-out", hwm=100),
     )
 
