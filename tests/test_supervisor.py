@@ -62,6 +62,7 @@ def sup_config(short_tmp: Path, metrics_port: int) -> Path:
         + f"\n[supervisor]\nmetrics_port = {metrics_port}\n"
         "heartbeat_interval_s = 0.2\nheartbeat_timeout_s = 1.5\n"
         "startup_grace_s = 20\nrestart_initial_s = 0.2\nstop_timeout_s = 3\n"
+        "cpu_affinity = { tools = [0] }\n"
         '\n[tools]\ndisabled_builtins = ["take_photo"]\n'
     )
     return cfg
@@ -79,9 +80,11 @@ async def test_sigkilled_child_is_restarted_and_sigterm_leaves_no_orphan(
             bus.subscribe("health.")
             first = await next_beat(bus, "tools", timeout=30)
             assert first.pid in children_of(proc.pid)
+            assert os.sched_getaffinity(first.pid) == {0}, "pinned as configured"
             os.kill(first.pid, signal.SIGKILL)
             second = await next_beat(bus, "tools", timeout=20, not_pid=first.pid)
             assert second.pid != first.pid and not alive(first.pid)
+            assert os.sched_getaffinity(second.pid) == {0}, "a restarted child is pinned too"
             # a stopped (silent) process is killed by the watchdog and replaced
             os.kill(second.pid, signal.SIGSTOP)
             third = await next_beat(bus, "tools", timeout=20, not_pid=second.pid)
