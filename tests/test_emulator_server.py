@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -94,3 +96,48 @@ async def test_rejected_license_closes() -> None:
             proto.receive_text(json.dumps(frame), 0.0)
             await ws.wait_closed()
             assert ws.close_code == 1000
+
+
+async def test_server_offer_is_loopback_and_a_restarted_client_renegotiates() -> None:
+    """The server's offer carries only 127.0.0.1 candidates; a client that comes back with
+    its own offer (a restarted display: new ICE credentials, new DTLS) while the first
+    connection is live gets a fresh connection, and media flows again on the same session."""
+    from agent.messages import SdpMessage
+    from agent.video.peer import DisplayPeer, sdp_candidate_addresses
+
+    async with Emulator(EmulatorSettings(port=0), script=SCRIPT) as emu:
+        async with connect(f"{emu.base_url}?license=abc&name=Leo") as ws:
+            proto = NavTalkProtocol()
+            seen = await events_until(ws, proto, ev.RtcOffer)
+            (offer,) = [e for e in seen if isinstance(e, ev.RtcOffer)]
+            addresses = sdp_candidate_addresses(offer.sdp)
+            assert addresses and set(addresses) == {"127.0.0.1"}, addresses
+
+            peers: list[DisplayPeer] = []
+            video = [asyncio.Event(), asyncio.Event()]
+
+            def on_frame(n: int) -> Callable[[str, int, Any], None]:
+                return lambda kind, gen, frame: video[n].set() if kind == "video" else None
+
+            try:
+                first = DisplayPeer("127.0.0.1", on_frame(0), lambda g, s: None)
+                peers.append(first)
+                answer = await first.answer(SdpMessage(sdp_type="offer", sdp=offer.sdp))
+                assert set(sdp_candidate_addresses(answer.sdp)) == {"127.0.0.1"}
+                await ws.send(proto.webrtc_answer(answer.sdp))
+                await asyncio.wait_for(video[0].wait(), 10)
+
+                second = DisplayPeer("127.0.0.1", on_frame(1), lambda g, s: None)
+                peers.append(second)
+                own = await second.offer()
+                await ws.send(proto.webrtc_offer(own.sdp))
+                seen = await events_until(ws, proto, ev.RtcAnswer)
+                (reply,) = [e for e in seen if isinstance(e, ev.RtcAnswer)]
+                assert set(sdp_candidate_addresses(reply.sdp)) == {"127.0.0.1"}
+                assert await second.accept_answer(SdpMessage(sdp_type="answer", sdp=reply.sdp))
+                await asyncio.wait_for(video[1].wait(), 10)
+                assert second.connection_state == "connected"
+            finally:
+                for peer in peers:
+                    await peer.close()
+        assert len(emu.sessions) == 1 and emu.sessions[0].client_offers == 1

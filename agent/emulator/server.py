@@ -470,10 +470,13 @@ class _Session:
                     await self.pc.setRemoteDescription(RTCSessionDescription(out.sdp, "answer"))
                 else:  # client-initiated offer (renegotiation [hotel]): answer it
                     self.record.client_offers += 1
-                    if self.pc is None or self.pc.signalingState != "stable":
-                        if self.pc is not None:
-                            await self.pc.close()
-                        self.pc = self._new_pc()
+                    # Always on a fresh connection: a client offers when it restarted or its
+                    # connection failed, so the offer brings new ICE credentials and a new
+                    # DTLS fingerprint, which aiortc cannot apply to a live connection (no
+                    # ICE restart): the old one would stay "connecting" for ever.
+                    if self.pc is not None:
+                        await self.pc.close()
+                    self.pc = self._new_pc()
                     await self.pc.setRemoteDescription(RTCSessionDescription(out.sdp, "offer"))
                     await self.pc.setLocalDescription(await self.pc.createAnswer())
                     answer = self.pc.localDescription.sdp

@@ -11,7 +11,9 @@
 Each new negotiation starts from a fresh RTCPeerConnection (a *generation*): a
 restarted display or a failed connection has nothing worth keeping, and a fresh
 peer is what both aiortc and browsers renegotiate most reliably. Frames and
-state changes carry the generation so the caller can ignore stale ones.
+state changes carry the generation so the caller can ignore stale ones; a
+connection we close ourselves reports no state at all (its ``closed`` is not a
+failure to recover from, and must not start yet another offer).
 
 ICE stays on the configured host address: aioice gathers only there (see
 :func:`restrict_ice_host`), and on loopback remote candidates and ICE servers
@@ -173,6 +175,8 @@ class DisplayPeer:
         @pc.on("connectionstatechange")  # type: ignore[untyped-decorator,unused-ignore]
         def on_state() -> None:
             log.info("= webrtc %s (generation %d)", pc.connectionState, gen)
+            if self._pc is not pc:
+                return  # one we dropped ourselves (close(), or a fresh one replaced it)
             self._on_state(gen, str(pc.connectionState))
 
         return pc
