@@ -235,7 +235,8 @@ class SessionService:
             if conn is not None:
                 conn.ended_by_us = True
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.ws.close(1000, "agent stopping"), 2.0)
+                    async with asyncio.timeout(2.0):
+                        await conn.ws.close(1000, "agent stopping")
             if self.store is not None:
                 self.store.close()
 
@@ -339,7 +340,8 @@ class SessionService:
         self._request_preroll()
         if self.catalog is None and self.cfg.declare_tools and self.cfg.catalog_wait_ms > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._catalog_event.wait(), self.cfg.catalog_wait_ms / 1000)
+                async with asyncio.timeout(self.cfg.catalog_wait_ms / 1000):
+                    await self._catalog_event.wait()
         proto = NavTalkProtocol()
         self._publish_state(SessionPhase.CONNECTING, "")
         log.info("> connecting to %s", self._safe_url)
@@ -367,8 +369,12 @@ class SessionService:
         finally:
             self._conn = None
             proto.connection_lost(time.monotonic())
+            # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancellation that
+            # lands as the close completes (the agent stopping just as the server hangs up),
+            # and this loop would then reconnect instead of stopping.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await ws.close()
         if conn.failure is not None:
             raise conn.failure
         if not conn.ended_by_us:
@@ -417,7 +423,8 @@ class SessionService:
         conn.ended_by_us = True
         log.info("> ending the NavTalk session: %s", reason)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.ws.close(1000, "session ended"), 2.0)
+            async with asyncio.timeout(2.0):
+                await conn.ws.close(1000, "session ended")
 
     # --- server events -------------------------------------------------------------------------
 
@@ -825,7 +832,8 @@ class SessionService:
     async def _end_when_quiet(self) -> None:
         if self._speaker_playing:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._speaker_idle.wait(), END_AFTER_SPEECH_MAX_S)
+                async with asyncio.timeout(END_AFTER_SPEECH_MAX_S):
+                    await self._speaker_idle.wait()
         await self.end_session("conversation ended after the avatar's last words")
 
 
