@@ -297,8 +297,11 @@ class Bus:
                 )
             for plane in planes - self._probe_seen:
                 self._pub[plane].send(self._probe_topic.encode(), zmq.NOBLOCK)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that arrives as the awaited thing completes.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._probe_event.wait(), 0.02)
+                async with asyncio.timeout(0.02):
+                    await self._probe_event.wait()
             self._probe_event.clear()
         log.debug("= bus connected as %s", self.sender)
 

@@ -243,8 +243,9 @@ class Supervisor:
             return
         log.warning("%s died (%s); restarting in %.1f s", child.name, how, delay)
         child.set_phase(ChildPhase.BACKOFF, how)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), delay)
+        with contextlib.suppress(TimeoutError):  # not wait_for: see agent/bus.py
+            async with asyncio.timeout(delay):
+                await self._stopping.wait()
         if self._stopping.is_set():
             child.set_phase(ChildPhase.STOPPED)
             return
@@ -264,8 +265,10 @@ class Supervisor:
                 self._metrics.observe(d.msg, self.children.values())
 
     async def _watchdog(self) -> None:
-        while True:
+        while not self._stopping.is_set():  # a stopping child is silent on purpose
             await asyncio.sleep(self._sup.heartbeat_interval_s / 2)
+            if self._stopping.is_set():
+                return
             now = time.monotonic()
             for child in self.children.values():
                 proc = child.proc

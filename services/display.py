@@ -198,8 +198,9 @@ class _Display:
             if self._slot:
                 timeout = min(timeout, self._slot[0].received + self._delay_s - now)
             if timeout > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._frame_ready.wait(), timeout)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see agent/bus.py
+                    async with asyncio.timeout(timeout):
+                        await self._frame_ready.wait()
             now = time.monotonic()
             item: _Pending | None = None
             while self._slot and self._slot[0].received + self._delay_s <= now:

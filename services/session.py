@@ -327,12 +327,7 @@ class SessionService:
             self._retry_in_ms = int(delay * 1000)
             log.warning("= NavTalk session lost (%s); reconnecting in %.2f s", reason, delay)
             self._publish_state(SessionPhase.CLOSED, reason)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._never(), delay)
-
-    @staticmethod
-    async def _never() -> None:
-        await asyncio.Event().wait()
+            await asyncio.sleep(delay)
 
     async def _one_session(self) -> bool:
         """Connect and run one session. Returns whether it reached CONNECTED when we ended it;

@@ -18,6 +18,7 @@ back to the event loop through a bounded deque plus one pending wake-up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import wave
@@ -168,12 +169,12 @@ async def _played_loop(
         if time.monotonic() - last_state >= state_interval_s:
             _publish_state(bus, playout)
             last_state = time.monotonic()
-        try:
-            # Woken by the device thread after each pull; the timeout keeps the periodic
-            # state and the idle check going when the device is not pulling.
-            await asyncio.wait_for(wakeup.event.wait(), timeout=0.1)
-        except TimeoutError:
-            pass
+        # Woken by the device thread after each pull; the timeout keeps the periodic state and
+        # the idle check going when the device is not pulling. asyncio.timeout, not wait_for:
+        # on 3.11 wait_for can swallow a cancellation that races the wake-up (no clean stop).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await wakeup.event.wait()
 
 
 def _publish_state(bus: Bus, playout: Playout) -> None:
