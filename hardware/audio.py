@@ -126,35 +126,34 @@ class _Framer:
 
     Dating uses the sample count as the clock: 24 kHz sample ``i`` was captured at
     ``base + i / 24000`` (soxr removes its own delay from the stream). Each device block gives
-    an observation of ``base`` (its capture time minus its position); a callback can only be
-    late, never early, so ``base`` follows the *smallest* observation, and creeps up by 100 ppm
-    of the elapsed audio so that a device clock slower than CLOCK_MONOTONIC is followed too.
-    Frame times are strictly increasing.
+    an observation of ``base`` (its capture time minus its position). A callback can only be
+    late, never early, so ``base`` is the *smallest* observation of the last ``window_s``
+    seconds of audio: it forgets start-up bursts and follows a device clock that drifts
+    against CLOCK_MONOTONIC. Frame times are strictly increasing.
     """
 
-    _CREEP = 100e-6  # how fast base may rise, relative to the audio's duration
-
-    def __init__(self, frame_samples: int, dev_rate: int):
+    def __init__(self, frame_samples: int, dev_rate: int, window_s: float = 2.0):
         self._n = frame_samples
         self._dev_rate = dev_rate
+        self._window = int(window_s * dev_rate)  # in device samples
         self._buf = np.zeros(0, np.float32)
         self._out_index = 0  # 24 kHz index of _buf[0]
-        self._base_ns: float | None = None
-        self._last_j = 0
+        # (device index, observed base), increasing in both: the front is the window's min
+        self._mins: collections.deque[tuple[int, float]] = collections.deque()
         self._last_t = -1
 
     def push(self, samples: Float32Array, dev_index: int, dev_ns: int) -> list[CapturedFrame]:
         observed = dev_ns - dev_index * 1e9 / self._dev_rate
-        if self._base_ns is None:
-            self._base_ns = observed
-        else:
-            creep = (dev_index - self._last_j) * 1e9 / self._dev_rate * self._CREEP
-            self._base_ns = min(self._base_ns + creep, observed)
-        self._last_j = dev_index
+        while self._mins and self._mins[-1][1] >= observed:
+            self._mins.pop()
+        self._mins.append((dev_index, observed))
+        while self._mins[0][0] < dev_index - self._window:
+            self._mins.popleft()
+        base_ns = self._mins[0][1]
         self._buf = np.concatenate((self._buf, samples)) if len(self._buf) else samples
         frames: list[CapturedFrame] = []
         while len(self._buf) >= self._n:
-            t = round(self._base_ns + self._out_index * 1e9 / PCM_RATE_HZ)
+            t = round(base_ns + self._out_index * 1e9 / PCM_RATE_HZ)
             t = max(t, self._last_t + 1, 0)
             self._last_t = t
             frames.append(CapturedFrame(to_pcm(self._buf[: self._n]), t))
@@ -207,8 +206,11 @@ class _Handoff:
             if self.closed:
                 return None
             self._event.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races the wake-up, and the reader would not stop.
             try:
-                await asyncio.wait_for(self._event.wait(), stall_s)
+                async with asyncio.timeout(stall_s):
+                    await self._event.wait()
             except TimeoutError:
                 raise DeviceError(f"input device delivered nothing for {stall_s:.1f} s") from None
 
@@ -400,7 +402,7 @@ class SoundDeviceInput(AudioInput):
         channels: int = 0,
         channel: int = -1,
         latency: Latency = "low",
-        block_ms: int = 0,
+        block_ms: int = 5,
         queue_ms: int = 2000,
         stall_s: float | None = _STALL_S,
     ):
@@ -524,7 +526,7 @@ class SoundDeviceOutput(AudioOutput):
         self,
         device: str | int | None = None,
         *,
-        period_ms: int = 10,
+        period_ms: int = 5,
         sample_rate_hz: int = 0,
         channels: int = 0,
         latency: Latency = "low",

@@ -90,6 +90,9 @@ async def _capture_loop(source: AudioInput, core: CaptureCore, bus: Bus) -> None
             bus.publish(
                 topics.VAD_STATE, VadState(speaking=event.speaking, at_mono_ns=event.at_mono_ns)
             )
+        # read() does not suspend while frames are queued: yield, so that a backlog (a device
+        # that delivers faster than real time) cannot starve the bus loop.
+        await asyncio.sleep(0)
 
 
 async def _bus_loop(core: CaptureCore, bus: Bus) -> None:

@@ -161,7 +161,7 @@ async def test_playback_at_48k_stereo_is_converted_with_soxr(
     vaudio: VirtualFiles,  # noqa: F811
 ) -> None:
     x = _chirp(0.5)
-    out = SoundDeviceOutput("vplay", sample_rate_hz=48_000, channels=2)
+    out = SoundDeviceOutput("vplay", sample_rate_hz=48_000, channels=2, period_ms=10)
     await _play(out, x.tobytes())
     y = vaudio.output_samples(channels=2)
     assert np.array_equal(y[:, 0], y[:, 1])
