@@ -31,8 +31,9 @@ class MicSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     backend: Literal["sounddevice", "file", "null"] = "sounddevice"
     # Input device: index ("3") or case-insensitive name substring ("ReSpeaker"); "" = default.
     device: str = ""
-    # Device rate; 0 = 24 kHz if the device takes it (the host converts), else its default.
-    sample_rate_hz: SampleRate = 0
+    sample_rate_hz: SampleRate = (
+        0  # device rate (0 = 24 kHz if the device takes it, else its default)
+    )
     channels: Channels = 0  # channels opened (0 = mono, or stereo if the device refuses mono)
     channel: Annotated[int, msgspec.Meta(ge=-1, le=31)] = -1  # channel used (-1 = average all)
     latency: Latency = "low"  # PortAudio input latency
@@ -71,8 +72,9 @@ class SpeakerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     backend: Literal["sounddevice", "file", "null"] = "sounddevice"
     # Output device: index ("3") or case-insensitive name substring ("USB"); "" = default.
     device: str = ""
-    # Device rate; 0 = 24 kHz if the device takes it (the host converts), else its default.
-    sample_rate_hz: SampleRate = 0
+    sample_rate_hz: SampleRate = (
+        0  # device rate (0 = 24 kHz if the device takes it, else its default)
+    )
     channels: Channels = 0  # channels opened (0 = mono, or stereo if the device refuses mono)
     latency: Latency = "low"  # PortAudio output latency (what is queued past the callback)
     # Device callback period: barge-in is silent from the next period on. 5 ms: barge-in to
