@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.bus import Bus, Proxy
+from tests.audio_fixtures import *  # noqa: F403  (virtual audio env before sounddevice loads)
 from agent.config import BusSettings, ControlPlane, MediaPlane
 
 MakeBus = Callable[..., Awaitable[Bus]]

@@ -7,8 +7,8 @@ signaling) and the server's (an RTCPeerConnection carrying AvatarMedia).
 from __future__ import annotations
 
 import asyncio
-import math
 import contextlib
+import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
