@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.bus import Bus, Proxy
-from tests.audio_fixtures import *  # noqa: F403  (virtual audio env before sounddevice loads)
 from agent.config import BusSettings, ControlPlane, MediaPlane
+from tests.audio_fixtures import *  # noqa: F403  (virtual audio env before sounddevice loads)
 
 MakeBus = Callable[..., Awaitable[Bus]]
 
