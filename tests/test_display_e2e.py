@@ -283,15 +283,9 @@ def test_the_run_stops_cleanly_and_quickly(run: Run) -> None:
     sup = (run.out / "supervisor.log").read_text(errors="replace")
     codes = run.exit_codes()
     assert set(codes) == {"emulator", "session", "display", "speaker"}, codes
-    assert [codes[name] for name in ("emulator", "session", "display")] == ["0"] * 3, sup[-3000:]
+    assert set(codes.values()) == {"0"}, sup[-3000:]
     assert run.seconds < 60, f"the scenario took {run.seconds:.1f} s"
     assert not alive(run.first_pid) and not alive(run.second_pid)
-    if codes["speaker"] != "0":
-        # Not this test's subject, and not yet fixed in the speaker (reported): sometimes it
-        # ignores SIGTERM (exit 1: its played loop's asyncio.wait_for(event, 0.1), woken every
-        # 5 ms, swallows the cancellation on Python 3.11), sometimes it logs a clean stop and
-        # then dies of a second SIGTERM (exit -15).
-        pytest.xfail(f"the speaker did not stop cleanly (exit {codes['speaker']})")
     assert run.code == 0, sup[-3000:]
 
 
