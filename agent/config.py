@@ -95,7 +95,7 @@ class SupervisorSettings(_Section, frozen=True, kw_only=True):
     restart_max_s: PositiveFloat = 15.0  # restart delay cap
     crash_loop_restarts: Annotated[int, msgspec.Meta(ge=1)] = 5  # this many restarts ...
     crash_loop_window_s: PositiveFloat = 60.0  # ... within this window => give up on it
-    stop_timeout_s: PositiveFloat = 4.0  # SIGTERM -> SIGKILL grace on shutdown
+    stop_timeout_s: PositiveFloat = 6.0  # SIGTERM -> SIGKILL grace on shutdown
     # Pin processes to CPU cores, e.g. { mic = [0], display = [1] }. Empty: no pinning.
     cpu_affinity: dict[str, list[Annotated[int, msgspec.Meta(ge=0)]]] = {}
     # Prometheus metrics endpoint of the supervisor (0 = off). Bound to metrics_host.

@@ -95,6 +95,12 @@ class _Display:
         )
         self.peer = DisplayPeer(ds.webrtc_host, self._on_frame, self._on_state)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="screen")
+        # voice waiting for the screen worker: at most 2 s of 20 ms frames
+        self._audio_pending: collections.deque[tuple[bytes, int, int, float]] = collections.deque(
+            maxlen=100
+        )
+        self._audio_job: concurrent.futures.Future[None] | None = None
+        self.audio_dropped = 0
         self.ice_servers: list[IceServer] = []
         self._slot: collections.deque[_Pending] = collections.deque()  # oldest first
         self._delay_s = ds.video_delay_ms / 1000
@@ -166,7 +172,25 @@ class _Display:
             if self.screen.main_thread_only:
                 self._write_audio(data, int(f.sample_rate), channels, now)
             else:
-                self.executor.submit(self._write_audio, data, int(f.sample_rate), channels, now)
+                self._queue_audio(data, int(f.sample_rate), channels, now)
+
+    def _queue_audio(self, data: bytes, rate: int, channels: int, at_s: float) -> None:
+        """Hand voice to the screen worker: a bounded queue drained by at most one job, so a
+        worker that falls behind (a loaded CPU) drops the oldest audio instead of piling up
+        jobs (which also made the stop wait for all of them)."""
+        if len(self._audio_pending) == self._audio_pending.maxlen:
+            self.audio_dropped += 1
+        self._audio_pending.append((data, rate, channels, at_s))
+        if self._audio_job is None or self._audio_job.done():
+            self._audio_job = self.executor.submit(self._drain_audio)
+
+    def _drain_audio(self) -> None:  # the screen worker
+        while True:
+            try:
+                data, rate, channels, at_s = self._audio_pending.popleft()
+            except IndexError:
+                return
+            self._write_audio(data, rate, channels, at_s)
 
     def _write_audio(self, data: bytes, rate: int, channels: int, at_s: float) -> None:
         try:
@@ -353,6 +377,7 @@ class _Display:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.peer.close()
         try:
+            await self.screen_call(self._drain_audio)
             await self.screen_call(self.screen.close)
         except Exception:
             log.exception("closing the screen failed")
