@@ -126,6 +126,9 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
         await control.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        # Stopping already: one more SIGTERM (a supervisor and systemd may both send one, or a
+        # control.shutdown and a signal cross) must not turn this clean exit into "killed".
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if pending:
             # A task that ignores cancellation would hang asyncio.run() too: say where it is
             # stuck, then leave at once so the supervisor's stop stays bounded.

@@ -651,6 +651,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             loop.add_signal_handler(signum, server.cancel)
         with contextlib.suppress(asyncio.CancelledError):
             await server
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping: a second SIGTERM is moot
 
     asyncio.run(until_signal())
     return 0
