@@ -139,6 +139,7 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
                     "%s: %s did not stop within %.1f s:\n%s",
                     name, task.get_name(), budget, stack.getvalue(),
                 )  # fmt: skip
+            faulthandler.dump_traceback(all_threads=True)  # threads too, on stderr
             logging.shutdown()
             os._exit(1)
     log.info("= %s stopped (exit %d)", name, code)
