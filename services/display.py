@@ -376,12 +376,16 @@ class _Display:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.peer.close()
+        # Finish the screen here rather than through a last executor job: stop the worker
+        # (it ends the frame it is on), then flush the voice and close the file on this
+        # thread. An awaited executor job was seen never to complete in a cancelled task,
+        # which left the MP4 without its index (unplayable).
+        self.executor.shutdown(wait=True)
         try:
-            await self.screen_call(self._drain_audio)
-            await self.screen_call(self.screen.close)
+            self._drain_audio()
+            self.screen.close()
         except Exception:
             log.exception("closing the screen failed")
-        self.executor.shutdown(wait=True)
 
 
 def _load_idle_image(path: str) -> Image | None:
