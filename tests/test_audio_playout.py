@@ -59,3 +59,20 @@ def test_volume_and_latency_stamps() -> None:
     assert list(p.latencies_ns) == [7 * MS]
     p.set_volume(3.0)
     assert p.volume == 1.0
+
+
+def test_a_stream_of_silence_is_not_playing() -> None:
+    # the WebRTC voice track sends silence between utterances: the speaker is idle then
+    p = _playout(jitter_target_ms=0)
+    for k in range(10):
+        p.push(_pcm(240, 0), 24_000, 1, "", now_ns=k * 10 * MS)
+        p.pull(240, now_ns=k * 10 * MS + MS, play_ns=0)
+    assert not p.playing
+    assert not [e for e in p.drain() if isinstance(e, StateChange)]
+    p.push(_pcm(240, 3000), 24_000, 1, "", now_ns=100 * MS)
+    p.pull(240, now_ns=101 * MS, play_ns=0)
+    assert p.playing
+    for k in range(11, 16):  # silence again: idle after idle_after_ms (30 ms)
+        p.push(_pcm(240, 0), 24_000, 1, "", now_ns=k * 10 * MS)
+        p.pull(240, now_ns=k * 10 * MS + MS, play_ns=0)
+    assert [c.playing for c in p.drain() if isinstance(c, StateChange)] == [True, False]

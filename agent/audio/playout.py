@@ -154,7 +154,7 @@ class Playout:
             consumed = self._pushed - self._jitter.queued_samples
             while self._stamps and self._stamps[0][0] <= consumed:
                 self.latencies_ns.append(now_ns - self._stamps.popleft()[1])
-            if real:
+            if real and _audible(pcm):
                 self._last_real_ns = now_ns
                 if not self._playing:
                     self._playing = True
@@ -178,3 +178,14 @@ class Playout:
         ):
             self._playing = False
             self._out.append(StateChange(False, now_ns))
+
+
+# Below this peak (about -54 dBFS) a block is silence for speaker.state: the WebRTC voice
+# track sends silence between utterances, and "playing" must mean the avatar is talking
+# (echo gating, end_after_speech), not that samples arrive.
+AUDIBLE_PEAK = 64
+
+
+def _audible(pcm: bytes) -> bool:
+    x = np.frombuffer(pcm, dtype="<i2")
+    return bool(x.size) and (int(x.max()) >= AUDIBLE_PEAK or int(x.min()) <= -AUDIBLE_PEAK)
