@@ -69,6 +69,7 @@ class FlashTimer(Screen):
     def __init__(self, inner: Screen) -> None:
         super().__init__()
         self.inner = inner
+        self.main_thread_only = inner.main_thread_only  # the window must stay on the main thread
         self.flashes: list[float] = []
 
     def open(self) -> None:
