@@ -190,6 +190,7 @@ class View:
         return None
 
     def render(self) -> Group:
+        from rich.markup import escape
         from rich.panel import Panel
         from rich.table import Table
 
@@ -198,13 +199,16 @@ class View:
             procs.add_column(col)
         for name, hb in sorted(self.processes.items()):
             procs.add_row(name, str(hb.pid), hb.status, f"{hb.uptime_s:5.1f} s")
-        lines = [f"[bold]{who:>6}[/]: {text}" for who, text in self.transcript[-10:]]
-        lines += [f"[dim]avatar: {text}…[/]" for text in self.partial.values()]
+        lines = [f"[bold]{who:>6}[/]: {escape(text)}" for who, text in self.transcript[-10:]]
+        lines += [f"[dim]avatar: {escape(text)}…[/]" for text in self.partial.values()]
         return Group(
             procs,
             Panel(f"{self.phase} {self.detail}  ·  barge-ins: {self.barge_ins}", title="session"),
             Panel("\n".join(lines) or "(nobody has spoken yet)", title="conversation"),
-            Panel("\n".join(self.tools[-6:]) or "(no tool calls yet)", title="tool calls"),
+            Panel(
+                "\n".join(escape(t) for t in self.tools[-6:]) or "(no tool calls yet)",
+                title="tool calls",
+            ),
         )
 
 

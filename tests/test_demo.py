@@ -1,0 +1,36 @@
+"""The demo's live view: what ends a conversation, and text shown as text."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from agent.demo import GUEST_TIMELINE, ROOT, View, script_lines
+from agent.messages import SessionPhase, SessionState, ToolCall, UserTranscript
+
+
+def test_a_drop_is_not_the_end_but_idle_after_ready_is() -> None:
+    v = View()
+    v.feed(SessionState(phase=SessionPhase.IDLE))
+    assert not v.ended, "idle before the conversation started"
+    v.feed(SessionState(phase=SessionPhase.READY))
+    v.feed(SessionState(phase=SessionPhase.CLOSED, detail="connection dropped"))
+    assert not v.ended, "a drop is followed by a reconnect"
+    v.feed(SessionState(phase=SessionPhase.IDLE, detail="session ended"))
+    assert v.ended
+
+
+def test_transcripts_and_tool_calls_are_not_rich_markup() -> None:
+    v = View()
+    v.feed(UserTranscript(text="say [bold]x[/] now"))
+    v.feed(ToolCall(call_id="c", name="t", arguments_json='{"a": [1]}'))
+    console = Console(width=80, record=True)
+    console.print(v.render())
+    text = console.export_text()
+    assert "say [bold]x[/] now" in text
+    assert '{"a": [1]}' in text
+
+
+def test_the_demo_script_and_timeline_agree() -> None:
+    lines = script_lines(ROOT / "config" / "scripts" / "demo.toml")
+    assert len(lines) == len(GUEST_TIMELINE)
+    assert list(GUEST_TIMELINE) == sorted(GUEST_TIMELINE)
