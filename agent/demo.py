@@ -186,6 +186,9 @@ class View:
             return f"tool result: {msg.name} -> {shown[:100]}"
         elif isinstance(msg, BargeIn):
             self.barge_ins += 1
+            for text in self.partial.values():  # what the avatar said before it was cut off
+                self.transcript.append(("avatar", f"{text.rstrip()} … (interrupted)"))
+            self.partial.clear()
             return "barge-in: the guest interrupted; playback flushed"
         return None
 

@@ -34,3 +34,14 @@ def test_the_demo_script_and_timeline_agree() -> None:
     lines = script_lines(ROOT / "config" / "scripts" / "demo.toml")
     assert len(lines) == len(GUEST_TIMELINE)
     assert list(GUEST_TIMELINE) == sorted(GUEST_TIMELINE)
+
+
+def test_a_barge_in_closes_the_interrupted_answer() -> None:
+    from agent.messages import AssistantTranscript, BargeIn
+
+    v = View()
+    v.feed(AssistantTranscript(response_id="r1", text="Our hotel opened ", final=False))
+    v.feed(AssistantTranscript(response_id="r1", text="in 1928.", final=False))
+    v.feed(BargeIn())
+    assert v.transcript == [("avatar", "Our hotel opened in 1928. … (interrupted)")]
+    assert v.partial == {} and v.barge_ins == 1
