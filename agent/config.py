@@ -36,6 +36,7 @@ __all__ = [
     "SupervisorSettings",
     "default_settings",
     "apply_overrides",
+    "bus_toml",
     "load",
     "loads",
 ]
@@ -138,6 +139,18 @@ class Settings(_Section, frozen=True, kw_only=True):
     tools: ToolsSettings = ToolsSettings()
     # The file these settings came from ("" = built-in defaults). Set by load(); not a TOML key.
     source: str = ""
+
+
+def bus_toml(bus: BusSettings) -> str:
+    """The ``[bus.*]`` sections of a profile for ``bus`` (tests, benchmarks, deployment tools
+    that write a profile for processes on other boards)."""
+    out = []
+    for name, plane in (("control", bus.control), ("media", bus.media)):
+        out.append(
+            f'[bus.{name}]\npublish = "{plane.publish}"\nsubscribe = "{plane.subscribe}"\n'
+            f"hwm = {plane.hwm}\n"
+        )
+    return "\n".join(out)
 
 
 def default_settings() -> Settings:

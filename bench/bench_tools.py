@@ -27,7 +27,7 @@ from typing import Any
 
 from agent import topics
 from agent.bus import Bus
-from agent.config import BusSettings, ControlPlane, MediaPlane
+from agent.config import BusSettings, ControlPlane, MediaPlane, bus_toml
 from agent.messages import ToolCall, ToolCatalog, ToolDescribe, ToolResult
 from bench.common import percentiles, save, table
 
@@ -59,18 +59,10 @@ def _config(d: str, bus: BusSettings, level: str) -> Path:
     module = Path(d) / "trivial_tools.py"
     module.write_text(TRIVIAL_TOOLS)
     path = Path(d) / f"tools-{level}.toml"
-    c, m = bus.control, bus.media
     path.write_text(
-        textwrap.dedent(
+        bus_toml(bus)
+        + textwrap.dedent(
             f"""
-            [bus.control]
-            publish = "{c.publish}"
-            subscribe = "{c.subscribe}"
-            hwm = {c.hwm}
-            [bus.media]
-            publish = "{m.publish}"
-            subscribe = "{m.subscribe}"
-            hwm = {m.hwm}
             [log]
             level = "{level}"
             [tools]

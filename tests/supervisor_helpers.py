@@ -11,20 +11,12 @@ import time
 from pathlib import Path
 
 from agent.bus import Bus
-from agent.config import BusSettings
+from agent.config import bus_toml
 from agent.messages import Heartbeat
 
+__all__ = ["bus_toml"]  # re-exported for the tests that import it from here
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def bus_toml(bus: BusSettings) -> str:
-    out = []
-    for name, plane in (("control", bus.control), ("media", bus.media)):
-        out.append(
-            f'[bus.{name}]\npublish = "{plane.publish}"\nsubscribe = "{plane.subscribe}"\n'
-            f"hwm = {plane.hwm}\n"
-        )
-    return "\n".join(out)
 
 
 def start_supervisor(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 
 from agent import __version__
+from agent.config import bus_toml
 from agent.navtalk.history import ConversationStore, Role
+from tests.conftest import ipc_bus_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,11 +62,7 @@ def test_devices_lists_the_virtual_alsa_devices() -> None:
 
 def test_service_without_proxy_fails_clearly(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
-    d = tmp_path
-    cfg.write_text(
-        f'[bus.control]\npublish = "ipc://{d}/a"\nsubscribe = "ipc://{d}/b"\n'
-        f'[bus.media]\npublish = "ipc://{d}/c"\nsubscribe = "ipc://{d}/e"\n'
-    )
+    cfg.write_text(bus_toml(ipc_bus_settings(str(tmp_path))))  # no proxy runs there
     r = _cli("service", "tools", "--config", str(cfg))
     assert r.returncode == 1
     assert "bus not reachable" in r.stderr

@@ -24,7 +24,7 @@ import pytest
 
 from agent import topics
 from agent.bus import Bus, Delivery
-from agent.config import BusSettings, Settings, default_settings
+from agent.config import BusSettings, Settings, bus_toml, default_settings
 from agent.errors import ErrorCategory
 from agent.messages import (
     ImageInput,
@@ -333,18 +333,10 @@ def ping() -> str:
 
 
 def _config(path: Path, bus: BusSettings, module: Path) -> Path:
-    c, m = bus.control, bus.media
     path.write_text(
-        textwrap.dedent(
+        bus_toml(bus)
+        + textwrap.dedent(
             f"""
-            [bus.control]
-            publish = "{c.publish}"
-            subscribe = "{c.subscribe}"
-            hwm = {c.hwm}
-            [bus.media]
-            publish = "{m.publish}"
-            subscribe = "{m.subscribe}"
-            hwm = {m.hwm}
             [tools]
             entry_points = false
             disabled_builtins = ["take_photo"]
