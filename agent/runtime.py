@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from agent import topics
@@ -44,21 +44,15 @@ def load_service(name: str) -> ServiceMain:
     return run
 
 
-async def heartbeat_loop(
-    bus: Bus, name: str, interval_s: float, status: Callable[[], str] = lambda: "ok"
-) -> None:
+async def heartbeat_loop(bus: Bus, name: str, interval_s: float) -> None:
+    """``health.<name>`` every ``interval_s``, sent from the event loop (a blocked loop is
+    a silent one)."""
     started = time.monotonic()
     pid = os.getpid()
     while True:
-        st = status()
         bus.publish(
             f"health.{name}",
-            Heartbeat(
-                service=name,
-                pid=pid,
-                status=st if st in ("starting", "ok", "degraded", "stopping") else "ok",  # type: ignore[arg-type]
-                uptime_s=time.monotonic() - started,
-            ),
+            Heartbeat(service=name, pid=pid, uptime_s=time.monotonic() - started),
         )
         await asyncio.sleep(interval_s)
 

@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -376,7 +376,7 @@ class _MetricsExporter:
         self._server.shutdown()
 
 
-def run_proxy_forever(settings: Settings, stop: Callable[[], bool] | None = None) -> None:
+def run_proxy_forever(settings: Settings) -> None:
     """``navtalk-agent proxy``: only the bus proxy, for systemd-managed deployments."""
     proxy = Proxy(settings.bus)
     proxy.start()

@@ -67,3 +67,35 @@ def test_service_without_proxy_fails_clearly(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "bus not reachable" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+async def test_proxy_command_carries_messages_and_stops_on_sigterm(short_tmp: Path) -> None:
+    import asyncio
+    import signal
+
+    from agent import topics
+    from agent.bus import Bus
+    from agent.messages import ToolCall
+
+    settings = ipc_bus_settings(str(short_tmp))
+    cfg = short_tmp / "p.toml"
+    cfg.write_text(bus_toml(settings))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "proxy", "--config", str(cfg), cwd=ROOT
+    )
+    try:
+        bus = Bus(settings, "tools")
+        bus.subscribe(topics.TOOL_CALL)
+        async with bus:  # start() returns once the proxy answers
+            other = Bus(settings, "session")
+            await other.start(timeout=30)
+            other.publish(topics.TOOL_CALL, ToolCall(call_id="p", name="t", arguments_json="{}"))
+            got = await asyncio.wait_for(bus.recv(), 5)
+            await other.close()
+        assert isinstance(got.msg, ToolCall) and got.msg.call_id == "p"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
