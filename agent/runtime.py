@@ -64,6 +64,12 @@ async def _wait_shutdown(bus: Bus) -> str:
     return "bus closed"
 
 
+def _stack(task: asyncio.Task[Any]) -> str:
+    out = io.StringIO()
+    task.print_stack(file=out)
+    return out.getvalue()
+
+
 async def serve(name: str, settings: Settings, main: ServiceMain | None = None) -> int:
     """Run service ``name`` until it ends, fails, or is told to stop. Returns an exit code."""
     main = main or load_service(name)
@@ -110,7 +116,17 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
         for task in tasks:
             task.cancel()
         budget = settings.supervisor.stop_timeout_s * 0.75
-        _, pending = await asyncio.wait(tasks, timeout=budget)
+        _, pending = await asyncio.wait(tasks, timeout=budget / 2)
+        if pending:
+            # Library code can swallow a cancellation (aioice did: see agent.aio) and a task
+            # then waits on as if never told. Say where each one is, and tell it once more.
+            for task in pending:
+                log.warning(
+                    "%s: %s still running %.1f s after its cancel; cancelling again:\n%s",
+                    name, task.get_name(), budget / 2, _stack(task),
+                )  # fmt: skip
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=budget / 2)
         if service.done() and not service.cancelled() and code == 0:
             exc = service.exception()
             if exc is not None:
@@ -127,11 +143,9 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
             # A task that ignores cancellation would hang asyncio.run() too: say where it is
             # stuck, then leave at once so the supervisor's stop stays bounded.
             for task in pending:
-                stack = io.StringIO()
-                task.print_stack(file=stack)
                 log.error(
                     "%s: %s did not stop within %.1f s:\n%s",
-                    name, task.get_name(), budget, stack.getvalue(),
+                    name, task.get_name(), budget, _stack(task),
                 )  # fmt: skip
             faulthandler.dump_traceback(all_threads=True)  # threads too, on stderr
             logging.shutdown()

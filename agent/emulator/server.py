@@ -38,6 +38,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from agent.aio import run_to_end
 from agent.emulator.brain import (
     Brain,
     CancelResponses,
@@ -320,7 +321,7 @@ class _Session:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._drain, return_exceptions=True)
         if self.pc is not None:
-            await self.pc.close()
+            await run_to_end(self.pc.close())  # see agent.aio
         self.record.closed_mono = time.monotonic()
         self.record.closed.set()
 
@@ -475,7 +476,7 @@ class _Session:
                     # DTLS fingerprint, which aiortc cannot apply to a live connection (no
                     # ICE restart): the old one would stay "connecting" for ever.
                     if self.pc is not None:
-                        await self.pc.close()
+                        await run_to_end(self.pc.close())  # see agent.aio
                     self.pc = self._new_pc()
                     await self.pc.setRemoteDescription(RTCSessionDescription(out.sdp, "offer"))
                     await self.pc.setLocalDescription(await self.pc.createAnswer())

@@ -39,6 +39,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 
+from agent.aio import run_to_end
 from agent.errors import NavtalkAgentError
 from agent.messages import IceCandidate, IceServer, SdpMessage
 
@@ -286,7 +287,7 @@ class DisplayPeer:
     async def close(self) -> None:
         pc, self._pc = self._pc, None
         if pc is not None:
-            await pc.close()
+            await run_to_end(pc.close())  # aioice can swallow our cancellation: see run_to_end
         drains = list(self._drains)
         for task in drains:
             task.cancel()
