@@ -104,6 +104,7 @@ _ws_log.addFilter(RedactFilter())
 EMULATOR_LICENSE = "emulator-demo"  # used with the embedded emulator when NAVTALK_LICENSE is unset
 MAX_OTHER_JSON = 4096
 END_AFTER_SPEECH_MAX_S = 15.0  # wait at most this long for the speaker to go idle
+END_AFTER_SPEECH_GRACE_S = 0.3  # audio still on its way to the speaker after audio.done
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
 _PHASES = {
@@ -825,10 +826,17 @@ class SessionService:
                 self._end_after_speech = True
 
     async def _end_when_quiet(self) -> None:
-        if self._speaker_playing:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(END_AFTER_SPEECH_MAX_S):
-                    await self._speaker_idle.wait()
+        try:
+            async with asyncio.timeout(END_AFTER_SPEECH_MAX_S):
+                # audio.done comes when the last words were sent, not played: give them time
+                # to reach the speaker (WebRTC, jitter buffer) before asking if it is quiet.
+                await asyncio.sleep(END_AFTER_SPEECH_GRACE_S)
+                await self._speaker_idle.wait()
+        except TimeoutError:
+            log.warning(
+                "= the speaker still plays %.0f s after the last words; ending anyway",
+                END_AFTER_SPEECH_MAX_S,
+            )
         await self.end_session("conversation ended after the avatar's last words")
 
 

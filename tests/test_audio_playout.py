@@ -76,3 +76,28 @@ def test_a_stream_of_silence_is_not_playing() -> None:
         p.push(_pcm(240, 0), 24_000, 1, "", now_ns=k * 10 * MS)
         p.pull(240, now_ns=k * 10 * MS + MS, play_ns=0)
     assert [c.playing for c in p.drain() if isinstance(c, StateChange)] == [True, False]
+
+
+def test_goes_idle_when_a_continuous_stream_turns_silent() -> None:
+    """The WebRTC voice never stops: silence follows the words, and with a jitter target
+    the queue is never empty. Idle must follow the last audible sample, not an empty queue
+    (a speaker "playing" for ever held end_after_speech for its 15 s limit, and would gate
+    a half-duplex mic for good)."""
+    p = _playout(jitter_target_ms=60, idle_after_ms=100)
+    period, frame = 5 * MS, 20 * MS  # device pulls 5 ms; the track delivers 20 ms frames
+    changes: list[tuple[bool, int]] = []
+    last_audible_played = 0
+    for step in range(400):  # 2 s: 0.5 s of voice, then silence
+        now = step * period
+        if now % frame == 0:
+            value = 3000 if now < 500 * MS else 0
+            assert p.push(_pcm(480, value), 24_000, 1, "", now_ns=now)
+        pcm = p.pull(120, now_ns=now, play_ns=now)
+        if np.frombuffer(pcm, "<i2").any():
+            last_audible_played = now
+        p.tick(now)
+        changes += [(e.playing, e.at_mono_ns) for e in p.drain() if isinstance(e, StateChange)]
+    assert p.stats()[0] > 0  # the queue never ran dry: the old rule could not go idle
+    assert [c for c, _ in changes] == [True, False]
+    idle_at = changes[1][1]
+    assert 100 * MS <= idle_at - last_audible_played <= 110 * MS

@@ -187,6 +187,24 @@ def test_barge_in_cut_the_long_answer(demo_run: dict[str, object]) -> None:
     assert longest * hop < 10.0, f"an avatar answer played for {longest * hop:.1f} s uncut"
 
 
+def _log_time(line: str) -> float:
+    h, m, sec = line.split()[0].split(":")
+    return int(h) * 3600 + int(m) * 60 + float(sec)
+
+
+def test_the_session_ended_when_the_goodbye_was_over(demo_run: dict[str, object]) -> None:
+    """end_conversation ends the session once the speaker is quiet: it must go idle after
+    the goodbye although the voice track streams on (silence), not at the 15 s limit."""
+    lines = (Path(str(demo_run["out"])) / "logs" / "run.log").read_text().splitlines()
+    asked = next(i for i, x in enumerate(lines) if "control.session end_after_speech" in x)
+    ended = next(i for i, x in enumerate(lines) if "> ending the NavTalk session" in x)
+    after = lines[asked:ended]
+    assert any("= speaker playing" in x for x in after), "the goodbye was not played"
+    assert any("= speaker idle" in x for x in after), "the speaker never went quiet"
+    assert not any("ending anyway" in x for x in lines)
+    assert _log_time(lines[ended]) - _log_time(lines[asked]) < 8.0
+
+
 def test_no_license_anywhere(demo_run: dict[str, object]) -> None:
     out = Path(str(demo_run["out"]))
     assert (out / "bus.jsonl").stat().st_size > 0, "the bus recording is empty"

@@ -75,6 +75,9 @@ class Playout:
         # latency bookkeeping: (stream position after the chunk, receive time)
         self._stamps: collections.deque[tuple[int, int]] = collections.deque(maxlen=10_000)
         self._pushed = 0  # samples pushed into the jitter buffer, ever
+        # _pushed after the last audible chunk: nothing audible is queued once the device
+        # has consumed this far (a live voice track never leaves the queue empty)
+        self._audible_upto = 0
         self.latencies_ns: collections.deque[int] = collections.deque(maxlen=10_000)
         self.dropped_after_barge_in = 0
         self.barge_ins = 0
@@ -98,6 +101,8 @@ class Playout:
             self._stream_id = stream_id
             self._jitter.push(mono, now_ns)
             self._pushed += len(mono) // 2
+            if _audible(mono):
+                self._audible_upto = self._pushed
             self._stamps.append((self._pushed, now_ns))
 
     def barge_in(self, now_ns: int) -> int:
@@ -136,8 +141,9 @@ class Playout:
 
     def tick(self, now_ns: int) -> None:
         """Called by the shell after device pulls and now and then: when the stream has paused,
-        queue the resampler's tail; go idle when nothing has played for ``idle_after_ms`` even
-        if the device stopped pulling (the change comes out of drain())."""
+        queue the resampler's tail; go idle when nothing audible has played for
+        ``idle_after_ms`` and none is queued, even if the device stopped pulling (the change
+        comes out of drain())."""
         if self._convert.pending and now_ns - self._last_push_ns >= self._tail_after_ns:
             tail = self._convert.flush()
             if tail:
@@ -173,7 +179,7 @@ class Playout:
     def _maybe_idle(self, now_ns: int) -> None:
         if (
             self._playing
-            and self._jitter.queued_samples == 0
+            and self._pushed - self._jitter.queued_samples >= self._audible_upto
             and now_ns - self._last_real_ns >= self._idle_ns
         ):
             self._playing = False
