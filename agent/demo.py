@@ -50,6 +50,7 @@ from agent.messages import (
     Heartbeat,
     SessionPhase,
     SessionState,
+    SpeakerState,
     ToolCall,
     ToolResult,
     UserTranscript,
@@ -146,7 +147,8 @@ class View:
     detail: str = ""
     transcript: list[tuple[str, str]] = field(default_factory=list)
     tools: list[str] = field(default_factory=list)
-    barge_ins: int = 0
+    barge_ins: int = 0  # the guest interrupted the avatar
+    speaker_playing: bool = False
     partial: dict[str, str] = field(default_factory=dict)
     ended: bool = False
     was_ready: bool = False
@@ -184,7 +186,13 @@ class View:
             shown = msg.output_json if msg.ok else f"error: {msg.error}"
             self.tools.append(f"← {msg.name}: {shown[:70]}")
             return f"tool result: {msg.name} -> {shown[:100]}"
+        elif isinstance(msg, SpeakerState):
+            self.speaker_playing = msg.playing
         elif isinstance(msg, BargeIn):
+            # The session sends one each time the guest starts to speak; it is an
+            # interruption only while the avatar talks or its answer is unfinished.
+            if not (self.partial or self.speaker_playing):
+                return None
             self.barge_ins += 1
             for text in self.partial.values():  # what the avatar said before it was cut off
                 self.transcript.append(("avatar", f"{text.rstrip()} … (interrupted)"))

@@ -45,3 +45,16 @@ def test_a_barge_in_closes_the_interrupted_answer() -> None:
     v.feed(BargeIn())
     assert v.transcript == [("avatar", "Our hotel opened in 1928. … (interrupted)")]
     assert v.partial == {} and v.barge_ins == 1
+
+
+def test_the_guest_speaking_to_a_quiet_avatar_is_no_interruption() -> None:
+    """The session sends control.barge_in whenever the guest starts to speak."""
+    from agent.messages import AssistantTranscript, BargeIn, SpeakerState
+
+    v = View()
+    v.feed(AssistantTranscript(response_id="r1", text="Hello.", final=True))
+    v.feed(SpeakerState(playing=False))
+    assert v.feed(BargeIn()) is None and v.barge_ins == 0
+    v.feed(SpeakerState(playing=True))  # still talking (its transcript is done before)
+    assert v.feed(BargeIn()) == "barge-in: the guest interrupted; playback flushed"
+    assert v.barge_ins == 1
