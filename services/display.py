@@ -372,20 +372,22 @@ class _Display:
                 log.exception("< %s: handler failed; continuing", d.topic)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.peer.close()
-        # Finish the screen here rather than through a last executor job: stop the worker
-        # (it ends the frame it is on), then flush the voice and close the file on this
-        # thread. An awaited executor job was seen never to complete in a cancelled task,
-        # which left the MP4 without its index (unplayable).
-        self.executor.shutdown(wait=True)
         try:
-            self._drain_audio()
-            self.screen.close()
-        except Exception:
-            log.exception("closing the screen failed")
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.peer.close()
+        finally:  # a second cancel (the runtime's) must not leave the MP4 unfinished
+            # Finish the screen here rather than through a last executor job: stop the
+            # worker (it ends the frame it is on), then flush the voice and close the file on
+            # this thread. An awaited executor job was seen never to complete in a cancelled
+            # task, which left the MP4 without its index (unplayable).
+            self.executor.shutdown(wait=True)
+            try:
+                self._drain_audio()
+                self.screen.close()
+            except Exception:
+                log.exception("closing the screen failed")
 
 
 def _load_idle_image(path: str) -> Image | None:
@@ -438,8 +440,10 @@ async def run(settings: Settings, bus: Bus, *, screen: Screen | None = None) -> 
         for task in done:
             task.result()  # a loop that ended on its own: raise its error to the runtime
     finally:
-        for task in loops:
-            task.cancel()
-        await asyncio.gather(*loops, return_exceptions=True)
-        await display.close()
-        bus.publish(topics.VIDEO_STATS, display.stats())
+        try:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+        finally:  # even if cancelled again meanwhile: the MP4 must be finished
+            await display.close()
+            bus.publish(topics.VIDEO_STATS, display.stats())

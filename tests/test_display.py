@@ -99,9 +99,16 @@ async def next_matching(
 
 @contextlib.asynccontextmanager
 async def running_display(
-    bus_settings: BusSettings, screen: Screen, session: Bus, **display_kw: object
+    bus_settings: BusSettings,
+    screen: Screen,
+    session: Bus,
+    *,
+    second_cancel_after: int | None = None,
+    **display_kw: object,
 ) -> AsyncIterator[Bus]:
-    """Run the display service; return once it is on the bus (its first video.stats)."""
+    """Run the display service; return once it is on the bus (its first video.stats).
+    ``second_cancel_after``: cancel it again after that many loop steps, as the runtime
+    does when a first cancel seems lost."""
     bus = Bus(bus_settings, "display")
     task = asyncio.create_task(
         display.run(settings_for(bus_settings, **display_kw), bus, screen=screen)
@@ -111,6 +118,10 @@ async def running_display(
         yield bus
     finally:
         task.cancel()
+        if second_cancel_after is not None:
+            for _ in range(second_cancel_after):
+                await asyncio.sleep(0)
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await bus.close()
@@ -137,13 +148,20 @@ async def publish_until_seen(bus: Bus, topic: str, msg: Message, seen: asyncio.E
             await asyncio.wait_for(seen.wait(), 0.2)
 
 
+@pytest.mark.parametrize("second_cancel_after", [None, 5], ids=["one-cancel", "two-cancels"])
 async def test_answers_server_offer_renders_video_and_forwards_voice(
-    bus_settings: BusSettings, make_bus: Callable[..., object], tmp_path: Path
+    bus_settings: BusSettings,
+    make_bus: Callable[..., object],
+    tmp_path: Path,
+    second_cancel_after: int | None,
 ) -> None:
+    """…and however it is stopped, the MP4 it wrote is complete."""
     session = await session_bus(make_bus)
     server = Server()
     screen = FileScreen(tmp_path / "display.mp4", 25, audio=True)
-    async with running_display(bus_settings, screen, session):
+    async with running_display(
+        bus_settings, screen, session, second_cancel_after=second_cancel_after
+    ):
         # A new session: connecting, then live; the server offers.
         session.publish(topics.SESSION_STATE, SessionState(phase=SessionPhase.CONNECTING))
         session.publish(topics.SESSION_STATE, SessionState(phase=SessionPhase.CONNECTED))

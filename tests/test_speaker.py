@@ -266,7 +266,9 @@ async def test_tone_plays_in_real_time_and_reaches_the_monitor(
     played_pcm = np.frombuffer(b"".join(played), "<i2")
     assert _best_corr(played_pcm, reference)[1] > 0.999
     heard_pcm = np.frombuffer(b"".join(heard), "<i2")
-    assert _best_corr(heard_pcm, reference)[1] > 0.99
+    # The monitor is a real-time path: on a starved CPU PulseAudio can glitch (0.94 was
+    # seen with three busy loops on two cores). Any other signal, or silence, stays < 0.5.
+    assert _best_corr(heard_pcm, reference)[1] > 0.9
     with wave.open(str(record)) as w:
         recorded = np.frombuffer(w.readframes(w.getnframes()), "<i2")
     assert _best_corr(recorded, reference)[1] > 0.999
