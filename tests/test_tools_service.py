@@ -271,11 +271,15 @@ async def test_example_plugin_turn_head_publishes_a_robot_command(harness: Harne
 
 async def test_stopping_answers_the_running_calls(bus_settings: BusSettings) -> None:
     started = asyncio.Event()
+    running = 0
 
     @tool(timeout_s=60)
     async def wait_long() -> None:
         """Wait a long time."""
-        started.set()
+        nonlocal running
+        running += 1
+        if running == 3:  # every call is in the service (not still on its way)
+            started.set()
         await asyncio.sleep(3600)
 
     settings = _settings(bus_settings, entry_points=False)

@@ -356,7 +356,8 @@ class ToolRunner:
             return error_result(call, ErrorCategory.UNAVAILABLE, "the tools service is stopping")
         cf.add_done_callback(wake)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: see agent/bus.py
+                await asyncio.shield(waiter)
         except TimeoutError:
             if cf.cancel():  # still queued: never ran
                 return error_result(
