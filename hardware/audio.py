@@ -386,10 +386,6 @@ class AudioOutput(abc.ABC):
 # --- sounddevice --------------------------------------------------------------------------------
 
 
-def _latency_arg(latency: Latency) -> str | float:
-    return latency
-
-
 class SoundDeviceInput(AudioInput):
     """A PortAudio input device; any rate and channel count, converted to 24 kHz mono."""
 
@@ -434,10 +430,8 @@ class SoundDeviceInput(AudioInput):
         if self._stream is not None:
             return
         sd = _sounddevice()
-        self.device_index = resolve_device(self._spec, "input")
-        self.device_name = str(_devices(sd)[self.device_index]["name"])
-        self.rate, self.channels = _pick_format(
-            sd, self.device_index, "input", self._want_rate, self._want_channels
+        self.device_index, self.device_name, self.rate, self.channels = _choose(
+            sd, self._spec, "input", self._want_rate, self._want_channels
         )
         if self._channel >= self.channels:
             raise DeviceError(
@@ -447,25 +441,7 @@ class SoundDeviceInput(AudioInput):
         self._resample = _resampler(self.rate, PCM_RATE_HZ)
         self._framer = _Framer(PCM_RATE_HZ * self.frame_ms // 1000, self.rate)
         self._dev_samples = 0
-        try:
-            self._stream = sd.RawInputStream(
-                device=self.device_index,
-                samplerate=self.rate,
-                channels=self.channels,
-                dtype="int16",
-                blocksize=self.rate * self._block_ms // 1000,
-                latency=_latency_arg(self._latency),
-                callback=self._callback,
-                finished_callback=self._finished,
-            )
-            self._stream.start()
-        except Exception as exc:  # sd.PortAudioError, ValueError: busy or gone
-            self._stream = None
-            raise DeviceError(
-                f"cannot open input device {self.device_index} ({self.device_name!r}) at "
-                f"{self.rate} Hz x {self.channels} ch: {exc}; "
-                f"input devices: {_device_names(sd, 'input')}"
-            ) from exc
+        self._stream = _start_stream(sd, self, "input", self._block_ms, self._latency)
         log.info(
             "= mic device %d %r open: %d Hz x %d ch, latency %.1f ms",
             self.device_index,
@@ -510,6 +486,49 @@ class SoundDeviceInput(AudioInput):
             self._handoff.closed = True
         if stream is not None:
             await asyncio.to_thread(_abort_close, stream)
+
+
+def _choose(
+    sd: ModuleType, spec: str | int | None, kind: Kind, want_rate: int, want_channels: int
+) -> tuple[int, str, int, int]:
+    """The device ``spec`` names and the format to open it with: (index, name, rate, ch)."""
+    index = resolve_device(spec, kind)
+    rate, channels = _pick_format(sd, index, kind, want_rate, want_channels)
+    return index, str(_devices(sd)[index]["name"]), rate, channels
+
+
+def _start_stream(
+    sd: ModuleType,
+    dev: SoundDeviceInput | SoundDeviceOutput,
+    kind: Kind,
+    block_ms: int,
+    latency: Latency,
+) -> Any:
+    """Open and start ``dev``'s raw int16 PortAudio stream; a DeviceError naming the devices
+    that exist when it is busy or gone."""
+    cls = sd.RawInputStream if kind == "input" else sd.RawOutputStream
+    stream = None
+    try:
+        stream = cls(
+            device=dev.device_index,
+            samplerate=dev.rate,
+            channels=dev.channels,
+            dtype="int16",
+            blocksize=dev.rate * block_ms // 1000,
+            latency=latency,
+            callback=dev._callback,
+            finished_callback=dev._finished,
+        )
+        stream.start()
+    except Exception as exc:  # sd.PortAudioError, ValueError: busy or gone
+        if stream is not None:
+            _abort_close(stream)
+        raise DeviceError(
+            f"cannot open {kind} device {dev.device_index} ({dev.device_name!r}) at "
+            f"{dev.rate} Hz x {dev.channels} ch: {exc}; "
+            f"{kind} devices: {_device_names(sd, kind)}"
+        ) from exc
+    return stream
 
 
 def _abort_close(stream: Any) -> None:
@@ -560,31 +579,11 @@ class SoundDeviceOutput(AudioOutput):
             return
         sd = _sounddevice()
         self._pull = pull
-        self.device_index = resolve_device(self._spec, "output")
-        self.device_name = str(_devices(sd)[self.device_index]["name"])
-        self.rate, self.channels = _pick_format(
-            sd, self.device_index, "output", self._want_rate, self._want_channels
+        self.device_index, self.device_name, self.rate, self.channels = _choose(
+            sd, self._spec, "output", self._want_rate, self._want_channels
         )
         self._resample = _resampler(PCM_RATE_HZ, self.rate)
-        try:
-            self._stream = sd.RawOutputStream(
-                device=self.device_index,
-                samplerate=self.rate,
-                channels=self.channels,
-                dtype="int16",
-                blocksize=self.rate * self.period_ms // 1000,
-                latency=_latency_arg(self._latency),
-                callback=self._callback,
-                finished_callback=self._finished,
-            )
-            self._stream.start()
-        except Exception as exc:  # sd.PortAudioError, ValueError: busy or gone
-            self._stream = None
-            raise DeviceError(
-                f"cannot open output device {self.device_index} ({self.device_name!r}) at "
-                f"{self.rate} Hz x {self.channels} ch: {exc}; "
-                f"output devices: {_device_names(sd, 'output')}"
-            ) from exc
+        self._stream = _start_stream(sd, self, "output", self.period_ms, self._latency)
         log.info(
             "= speaker device %d %r open: %d Hz x %d ch, latency %.1f ms, period %d ms",
             self.device_index,
