@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.bus import Bus, Proxy
-from agent.config import BusSettings, ControlPlane, MediaPlane
+from agent.config import BusSettings, ControlPlane, MediaPlane, Settings
 from tests.audio_fixtures import *  # noqa: F403  (virtual audio env before sounddevice loads)
 
 MakeBus = Callable[..., Awaitable[Bus]]
@@ -56,4 +58,21 @@ async def make_bus(bus_settings: BusSettings) -> AsyncIterator[MakeBus]:
 
     yield factory
     for bus in made:
+        await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    name: str, main: Callable[..., Awaitable[None]], settings: Settings, **kwargs: object
+) -> AsyncIterator[asyncio.Task[None]]:
+    """Run a service's ``run(settings, bus, **kwargs)`` in this event loop on its own bus
+    client named ``name``; cancel it and close the bus on the way out."""
+    bus = Bus(settings.bus, name)
+    task = asyncio.create_task(main(settings, bus, **kwargs))
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await bus.close()

@@ -23,12 +23,9 @@ from hardware.audio import (
     list_devices,
     resolve_device,
 )
-from tests.audio_fixtures import (  # noqa: F401  (fixtures, until conftest imports them)
+from tests.audio_fixtures import (
     Int16Array,
     VirtualFiles,
-    alsa_audio,
-    make_speech,
-    vaudio,
     write_wav,
 )
 

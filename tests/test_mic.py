@@ -4,9 +4,8 @@ real time, with the speaker's echo), and on its WAV file backend (the demo's gue
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -22,16 +21,13 @@ from agent.errors import DeviceError
 from agent.messages import AudioFrame, PreRoll, PreRollRequest, SpeakerState, VadState
 from hardware.audio import AudioInput, SoundDeviceInput, SoundDeviceOutput
 from services import mic, speaker
-from tests.audio_fixtures import (  # noqa: F401  (fixtures, until conftest imports them)
+from tests.audio_fixtures import (
     Int16Array,
     VirtualFiles,
-    alsa_audio,
     make_speech,
-    pulse_audio,
-    vaudio,
     write_wav,
 )
-from tests.conftest import ipc_bus_settings
+from tests.conftest import ipc_bus_settings, running_service
 
 MakeBus = Callable[..., Awaitable[Bus]]
 RATE = 24_000
@@ -43,21 +39,6 @@ def _settings(bus_settings: BusSettings, **mic_fields: object) -> Settings:
     return msgspec.structs.replace(
         default_settings(), bus=bus_settings, mic=MicSettings(**mic_fields)
     )
-
-
-@contextlib.asynccontextmanager
-async def _running(
-    name: str, main: Callable[..., Awaitable[None]], settings: Settings, device: object
-) -> AsyncIterator[asyncio.Task[None]]:
-    bus = Bus(settings.bus, name)
-    task = asyncio.create_task(main(settings, bus, device=device))
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await bus.close()
 
 
 async def _collect_frames(bus: Bus, n: int, timeout: float = 10.0) -> list[Delivery]:
@@ -107,7 +88,7 @@ async def test_known_wav_in_gives_the_same_speech_on_audio_mic(
     test = Bus(big_bus, "session", media_queue=100_000)
     test.subscribe(topics.AUDIO_MIC)  # before start(): in place before the mic publishes
     async with test:
-        async with _running("mic", mic.run, settings, device):
+        async with running_service("mic", mic.run, settings, device=device):
             n = len(speech.samples) // FRAME + 1
             frames = await _collect_frames(test, n)
     for d in frames:
@@ -135,7 +116,7 @@ async def test_file_guest_paced_with_vad_turns_at_the_labelled_times(
     test = await make_bus("session", topics.AUDIO_MIC, topics.VAD_STATE, media_queue=10_000)
     events: list[VadState] = []
     frames: list[Delivery] = []
-    async with _running("mic", mic.run, settings, None):
+    async with running_service("mic", mic.run, settings, device=None):
         async with asyncio.timeout(10):
             while len(events) < 2:
                 d = await test.recv()
@@ -165,7 +146,7 @@ async def test_preroll_request_returns_the_last_audio_published(
     wav = write_wav(tmp_path / "ramp.wav", ramp)
     settings = _settings(bus_settings, backend="file", wav_path=str(wav), preroll_ms=1000)
     test = await make_bus("session", topics.AUDIO_MIC, topics.MIC_PREROLL, media_queue=10_000)
-    async with _running("mic", mic.run, settings, None):
+    async with running_service("mic", mic.run, settings, device=None):
         frames = await _collect_frames(test, 15)
         test.publish(topics.MIC_PREROLL_REQUEST, PreRollRequest(request_id="r7", duration_ms=200))
         reply = await asyncio.wait_for(
@@ -222,8 +203,10 @@ async def test_half_duplex_gates_the_speakers_echo(
     states: list[tuple[bool, int]] = []
     mic_device: AudioInput = SoundDeviceInput(PULSE)
     async with (
-        _running("speaker", speaker.run, settings, SoundDeviceOutput(PULSE, period_ms=10)),
-        _running("mic", mic.run, settings, mic_device),
+        running_service(
+            "speaker", speaker.run, settings, device=SoundDeviceOutput(PULSE, period_ms=10)
+        ),
+        running_service("mic", mic.run, settings, device=mic_device),
     ):
         await _first(test, lambda d: d.topic == topics.AUDIO_MIC)
         await _first(test, lambda d: isinstance(d.msg, SpeakerState))
@@ -287,7 +270,7 @@ async def test_null_backend_gives_paced_silence(
 ) -> None:
     settings = _settings(bus_settings, backend="null", vad_enabled=False)
     test = await make_bus("session", topics.AUDIO_MIC, media_queue=10_000)
-    async with _running("mic", mic.run, settings, None):
+    async with running_service("mic", mic.run, settings, device=None):
         frames = await _collect_frames(test, 10)
     assert not _pcm(frames).any()
     stamps = [f.msg.capture_mono_ns for f in frames]  # type: ignore[attr-defined]

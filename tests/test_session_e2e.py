@@ -42,6 +42,7 @@ from agent.messages import (
 from agent.navtalk.history import ConversationStore, Role
 from agent.navtalk.settings import EmulatorSettings, NavTalkSettings, SessionSettings
 from services import session as session_service
+from tests.conftest import running_service
 
 pytestmark = pytest.mark.e2e
 
@@ -128,19 +129,6 @@ def tools_stub(bus_settings: BusSettings) -> Any:
     proc.wait(10)
 
 
-@contextlib.asynccontextmanager
-async def running_session(settings: Settings, license: str) -> AsyncIterator[asyncio.Task[None]]:
-    bus = Bus(settings.bus, "session")
-    task = asyncio.create_task(session_service.run(settings, bus, license=license))
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await bus.close()
-
-
 async def speak_into_mic(bus: Bus, pcm: bytes, *, speed: float = 4.0) -> None:
     """Publish PCM as 20 ms audio.mic frames, paced at ``speed`` x real time (the media
     plane's HWM is small; the emulator's VAD runs on the audio's own clock)."""
@@ -181,7 +169,7 @@ async def test_full_conversation(
     mic = await make_bus("mic")
     display = await make_bus("display", topics.WEBRTC_REMOTE_OFFER)
     try:
-        async with running_session(settings, LICENSE):
+        async with running_service("session", session_service.run, settings, license=LICENSE):
             await rec.wait_for(is_state(SessionPhase.READY))
             sess = emulator.sessions[0]
             # history replay: the last user turns, oldest first, after session.created
@@ -298,7 +286,7 @@ async def test_drop_then_reconnect_and_replay(
     tap = await make_bus("external", "")  # "" = every topic on both planes
     rec = Recorder(tap)
     try:
-        async with running_session(settings, license):
+        async with running_service("session", session_service.run, settings, license=license):
             await rec.wait_for(is_state(SessionPhase.READY))
             lost = await rec.wait_for(
                 lambda d: is_state(SessionPhase.CLOSED)(d) and d.msg.retry_in_ms is not None
@@ -326,7 +314,9 @@ async def test_permanent_failure_does_not_retry(
     tap = await make_bus("external", "")  # "" = every topic on both planes
     rec = Recorder(tap)
     try:
-        async with running_session(settings, f"{fault}-{LICENSE}"):
+        async with running_service(
+            "session", session_service.run, settings, license=f"{fault}-{LICENSE}"
+        ):
             failed = await rec.wait_for(is_state(SessionPhase.FAILED))
             assert isinstance(failed.msg, SessionState)
             # a retry would come within reconnect_max_s (0.2 s); watch three more periodic

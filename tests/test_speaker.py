@@ -4,10 +4,9 @@ PulseAudio null sink (real time, with its monitor as a microphone)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import wave
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -20,16 +19,14 @@ from agent.audio.settings import SpeakerSettings
 from agent.bus import Bus, Delivery
 from agent.config import BusSettings, Settings, default_settings
 from agent.messages import AudioFrame, BargeIn, SetVolume, SpeakerState
-from hardware.audio import AudioOutput, SoundDeviceInput, SoundDeviceOutput, WavFileOutput
+from hardware.audio import SoundDeviceInput, SoundDeviceOutput, WavFileOutput
 from services import speaker
-from tests.audio_fixtures import (  # noqa: F401  (fixtures, until conftest imports them)
+from tests.audio_fixtures import (
     Int16Array,
     VirtualFiles,
-    alsa_audio,
     make_speech,
-    pulse_audio,
-    vaudio,
 )
+from tests.conftest import running_service
 
 MakeBus = Callable[..., Awaitable[Bus]]
 RATE = 24_000
@@ -46,21 +43,6 @@ def _tone(freq: float, seconds: float, rate: int, channels: int, amp: float = 12
     t = np.arange(int(seconds * rate)) / rate
     mono = (amp * np.sin(2 * np.pi * freq * t)).astype(np.int16)
     return np.repeat(mono, channels) if channels > 1 else mono
-
-
-@contextlib.asynccontextmanager
-async def _running_speaker(
-    settings: Settings, make_bus: MakeBus, device: AudioOutput | None
-) -> AsyncIterator[None]:
-    bus = Bus(settings.bus, "speaker")
-    task = asyncio.create_task(speaker.run(settings, bus, device=device))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await bus.close()
 
 
 async def _wait_for(bus: Bus, pred: Callable[[Delivery], bool], timeout: float = 5.0) -> Delivery:
@@ -127,7 +109,7 @@ async def test_tone_on_audio_out_is_the_tone_in_the_playback_file(
     tone = _tone(440.0, 1.0, 48_000, 2)
     device = SoundDeviceOutput("vplay", sample_rate_hz=48_000, channels=2)
     test = await make_bus("display", topics.SPEAKER_STATE, media_queue=10_000)
-    async with _running_speaker(settings, make_bus, device):
+    async with running_service("speaker", speaker.run, settings, device=device):
         await _wait_speaker_up(test)
         for i in range(0, len(tone), 1920):  # 20 ms frames, as fast as the bus takes them
             test.publish(
@@ -169,7 +151,7 @@ async def test_barge_in_silences_playback_within_one_device_period(
     device = SoundDeviceOutput(PULSE, period_ms=period_ms)
     monitor = SoundDeviceInput(PULSE, queue_ms=30_000)
     test = await make_bus("session", topics.SPEAKER_STATE, topics.AUDIO_PLAYED, media_queue=10_000)
-    async with _running_speaker(settings, make_bus, device):
+    async with running_service("speaker", speaker.run, settings, device=device):
         await _wait_speaker_up(test)
         await monitor.start()
         stop = asyncio.Event()
@@ -243,7 +225,7 @@ async def test_tone_plays_in_real_time_and_reaches_the_monitor(
     monitor = SoundDeviceInput(PULSE, queue_ms=30_000)
     test = await make_bus("session", topics.SPEAKER_STATE, topics.AUDIO_PLAYED, media_queue=10_000)
     played: list[bytes] = []
-    async with _running_speaker(settings, make_bus, device):
+    async with running_service("speaker", speaker.run, settings, device=device):
         await _wait_speaker_up(test)
         await monitor.start()
         await _publish_paced(test, topics.AUDIO_OUT, tone, 48_000, 2)
@@ -283,7 +265,9 @@ async def test_volume_scales_what_is_played(bus_settings: BusSettings, make_bus:
     tone = _tone(500.0, 0.3, RATE, 1, amp=16000)
     test = await make_bus("session", topics.SPEAKER_STATE, topics.AUDIO_PLAYED, media_queue=10_000)
     peaks: list[int] = []
-    async with _running_speaker(settings, make_bus, SoundDeviceOutput(PULSE, period_ms=10)):
+    async with running_service(
+        "speaker", speaker.run, settings, device=SoundDeviceOutput(PULSE, period_ms=10)
+    ):
         await _wait_speaker_up(test)
         test.publish(topics.CONTROL_VOLUME, SetVolume(level=0.25))
         await _wait_for(test, lambda d: isinstance(d.msg, SpeakerState) and d.msg.volume == 0.25)
@@ -312,7 +296,7 @@ async def test_audio_only_mode_plays_navtalk_audio_delta(
     out = _tone(3000.0, 0.4, 48_000, 2)
     test = await make_bus("session", topics.SPEAKER_STATE, media_queue=10_000)
     device = WavFileOutput(wav, period_ms=20)
-    async with _running_speaker(settings, make_bus, device):
+    async with running_service("speaker", speaker.run, settings, device=device):
         await _wait_speaker_up(test)
         await asyncio.gather(
             _publish_paced(test, topics.NAVTALK_AUDIO_DELTA, delta, RATE, 1),
@@ -332,7 +316,7 @@ async def test_bad_frames_do_not_kill_the_speaker(
 ) -> None:
     settings = _settings(bus_settings, backend="null")
     test = await make_bus("display", topics.SPEAKER_STATE, media_queue=10_000)
-    async with _running_speaker(settings, make_bus, None):
+    async with running_service("speaker", speaker.run, settings, device=None):
         await _wait_speaker_up(test)
         test.publish(topics.AUDIO_OUT, AudioFrame(sample_rate_hz=48_000, channels=2))  # no PCM
         test.publish(topics.AUDIO_OUT, AudioFrame(sample_rate_hz=48_000, channels=2), b"\x01")
