@@ -105,6 +105,7 @@ class Proxy:
         self._ctx: zmq.Context[Any] | None = None
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
+        self._bound: list[str] = []  # endpoints this proxy bound (its ipc files to remove)
 
     def start(self) -> None:
         self._ctx = zmq.Context()
@@ -152,7 +153,9 @@ class Proxy:
             _prepare_ipc(plane.publish)
             _prepare_ipc(plane.subscribe)
             xsub.bind(plane.publish)
+            self._bound.append(plane.publish)
             xpub.bind(plane.subscribe)
+            self._bound.append(plane.subscribe)
         except zmq.ZMQError as exc:
             self._errors.append(
                 BusError(f"{name} plane: cannot bind {plane.publish} / {plane.subscribe}: {exc}")
@@ -182,11 +185,13 @@ class Proxy:
         for t in self._threads:
             t.join(timeout=5)
         self._threads.clear()
-        for plane in (self._settings.control, self._settings.media):
-            for ep in (plane.publish, plane.subscribe):
-                if ep.startswith("ipc://"):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(ep[len("ipc://") :])
+        # Only what we bound: a start refused because another proxy holds the endpoints
+        # must not remove that proxy's files.
+        bound, self._bound = self._bound, []
+        for ep in bound:
+            if ep.startswith("ipc://"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(ep[len("ipc://") :])
 
     def __enter__(self) -> Self:
         self.start()
