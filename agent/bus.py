@@ -250,11 +250,6 @@ class Bus:
                 if sock is not None:
                     sock.setsockopt(zmq.SUBSCRIBE, name.encode())
 
-    def subscribe_all(self) -> None:
-        """Everything on both planes (taps, recorders)."""
-        for plane in topics.Plane:
-            self._prefixes[plane].add("")
-
     @staticmethod
     def _planes_for(prefix: str) -> set[topics.Plane]:
         planes = {
@@ -329,8 +324,6 @@ class Bus:
             raise BusError(
                 f"topic {topic!r} carries {spec.type.__name__}, not {type(msg).__name__}"
             )
-        if spec.is_family and not topic.startswith(spec.prefix):
-            raise BusError(f"topic {topic!r} is not in family {spec.name!r}")
         pub = self._pub.get(spec.plane)
         if pub is None:
             raise BusError("Bus.publish() before Bus.start()")

@@ -199,15 +199,22 @@ async def test_start_fails_clearly_without_proxy(short_tmp) -> None:  # type: ig
         await bus.start(timeout=0.3)
 
 
+def _missing_ipc_files(settings: BusSettings) -> list[str]:
+    return [
+        ep
+        for plane in (settings.control, settings.media)
+        for ep in (plane.publish, plane.subscribe)
+        if not os.path.exists(ep.removeprefix("ipc://"))
+    ]
+
+
 async def test_proxy_bind_conflict_is_a_clear_error_and_the_live_bus_survives(
     bus_settings: BusSettings, make_bus: MakeBus
 ) -> None:
     with pytest.raises(BusError, match="cannot bind"):
         Proxy(bus_settings).start()
     # the refused proxy did not remove the live one's socket files: new clients still connect
-    for plane in (bus_settings.control, bus_settings.media):
-        for ep in (plane.publish, plane.subscribe):
-            assert os.path.exists(ep.removeprefix("ipc://")), ep
+    assert _missing_ipc_files(bus_settings) == []
     late = await make_bus("late", topics.TOOL_RESULT)
     sender = await make_bus("tools")
     sender.publish(topics.TOOL_RESULT, ToolResult(call_id="c", name="t", ok=True))
