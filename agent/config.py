@@ -24,7 +24,12 @@ import msgspec
 
 from agent.audio.settings import MicSettings, SpeakerSettings
 from agent.errors import ConfigError
-from agent.navtalk.settings import EmulatorSettings, NavTalkSettings, SessionSettings
+from agent.navtalk.settings import (
+    LICENSE_ENV,
+    EmulatorSettings,
+    NavTalkSettings,
+    SessionSettings,
+)
 from agent.tools.settings import ToolsSettings
 from agent.video.settings import CameraSettings, DisplaySettings
 
@@ -41,7 +46,6 @@ __all__ = [
     "loads",
 ]
 
-LICENSE_ENV = "NAVTALK_LICENSE"
 
 Endpoint = Annotated[str, msgspec.Meta(pattern=r"^(ipc|tcp|inproc)://.+")]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]

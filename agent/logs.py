@@ -9,11 +9,10 @@ are replaced by ``***`` in the final text of every record, whoever logged it.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
-from agent.config import LICENSE_ENV, LogSettings
+from agent.config import LogSettings, navtalk_license
 from agent.navtalk.url import redact, register_secret
 
 __all__ = ["RedactingFormatter", "redact", "setup_logging"]
@@ -26,9 +25,7 @@ class RedactingFormatter(logging.Formatter):
 
 def setup_logging(settings: LogSettings, process: str, *, verbose: bool = False) -> None:
     """Configure the root logger for this process (stderr, plus a file when configured)."""
-    secret = os.environ.get(LICENSE_ENV, "").strip()
-    if secret:
-        register_secret(secret)
+    register_secret(navtalk_license())  # set after this module was imported, too
     fmt = RedactingFormatter(
         f"%(asctime)s.%(msecs)03d {process:<10} %(levelname)-7s %(name)s: %(message)s",
         datefmt="%H:%M:%S",

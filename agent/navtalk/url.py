@@ -14,6 +14,8 @@ import re
 import threading
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from agent.navtalk.settings import LICENSE_ENV
+
 __all__ = ["REDACTED", "RedactFilter", "build_url", "redact", "register_secret"]
 
 REDACTED = "***"
@@ -87,4 +89,4 @@ class RedactFilter(logging.Filter):
 
 # Every process knows the license of its environment as a secret from the start, so a tap,
 # a recording or a log line never shows it, whoever wrote it (NAVTALK_LICENSE).
-register_secret(os.environ.get("NAVTALK_LICENSE", "").strip())
+register_secret(os.environ.get(LICENSE_ENV, "").strip())
