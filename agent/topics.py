@@ -116,7 +116,7 @@ TOPICS: dict[str, TopicSpec] = {
         _t(AUDIO_MIC, m.AudioFrame, _M, (MIC,), (SESSION,), "24 kHz mono PCM16, 20 ms frames"),
         _t(AUDIO_OUT, m.AudioFrame, _M, (DISPLAY,), (SPEAKER,), "avatar voice from WebRTC"),
         _t(AUDIO_PLAYED, m.AudioFrame, _M, (SPEAKER,), (MIC,), "what was played: echo reference"),
-        _t(VAD_STATE, m.VadState, _C, (MIC,), (SESSION, DISPLAY), "local voice activity"),
+        _t(VAD_STATE, m.VadState, _C, (MIC,), (DISPLAY,), "local voice activity"),
         _t(MIC_PREROLL_REQUEST, m.PreRollRequest, _C, (SESSION,), (MIC,), "ask for pre-roll"),
         _t(MIC_PREROLL, m.PreRoll, _C, (MIC,), (SESSION,), "recent mic audio"),
         _t(
@@ -203,7 +203,7 @@ TOPICS: dict[str, TopicSpec] = {
         _t(INPUT_IMAGE, m.ImageInput, _C, (TOOLS, EXTERNAL), (SESSION,), "image for the model"),
         _t(SPEAKER_STATE, m.SpeakerState, _C, (SPEAKER,), (MIC, DISPLAY, SESSION), "playing/idle"),
         _t(VIDEO_STATS, m.VideoStats, _C, (DISPLAY,), (SUPERVISOR,), "display counters"),
-        _t(HEALTH, m.Heartbeat, _C, _ALL, (SUPERVISOR,), "heartbeats"),
+        _t(HEALTH, m.Heartbeat, _C, _ALL, (SUPERVISOR, SESSION), "heartbeats (the session: tools)"),
         _t(METRICS, m.Metrics, _C, _ALL, (SUPERVISOR,), "counters and gauges"),
     )
 }

@@ -61,6 +61,7 @@ from agent.messages import (
     ConnectionStatus,
     ErrorInfo,
     FunctionCall,
+    Heartbeat,
     IceCandidate,
     IceServer,
     ImageInput,
@@ -199,7 +200,7 @@ class SessionService:
         self._backlog_max = self.cfg.max_audio_backlog_ms * AUDIO_SAMPLE_RATE_HZ * 2 // 1000
         self._preroll_id = ""
         self._end_after_speech = False
-        self._speaker_playing = False
+        self._tools_pid = 0  # the tools process's pid, from its heartbeats
         self._speaker_idle = asyncio.Event()
         self._speaker_idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -603,11 +604,8 @@ class SessionService:
             PreRollRequest(request_id=self._preroll_id, duration_ms=self.cfg.preroll_ms),
         )
 
-    def _buffer(self, capture_ns: int, pcm: bytes, *, front: bool = False) -> None:
-        if front:
-            self._backlog.appendleft((capture_ns, pcm))
-        else:
-            self._backlog.append((capture_ns, pcm))
+    def _buffer(self, capture_ns: int, pcm: bytes) -> None:
+        self._backlog.append((capture_ns, pcm))
         self._backlog_bytes += len(pcm)
         while self._backlog_bytes > self._backlog_max and self._backlog:
             _, old = self._backlog.popleft()
@@ -739,6 +737,20 @@ class SessionService:
                 except ConnectionClosed:
                     pass
 
+    async def _on_tools_heartbeat(self, pid: int) -> None:
+        """A tools process that died took its running calls with it, and the restarted one
+        never saw them: answer them now (with an error) rather than at their timeouts."""
+        old, self._tools_pid = self._tools_pid, pid
+        if not old or pid == old or not len(self.pending):
+            return
+        log.warning(
+            "= the tools process was replaced (pid %d -> %d): answering %d pending call(s)",
+            old, pid, len(self.pending),
+        )  # fmt: skip
+        for done in self.pending.fail_all(f"the tools process died (pid {old})"):
+            with contextlib.suppress(ConnectionClosed):
+                await self._complete(done, publish=True)
+
     def _fail_pending(self, reason: str) -> None:
         for done in self.pending.fail_all(reason):
             self.bus.publish(topics.TOOL_RESULT, done.result)
@@ -802,8 +814,9 @@ class SessionService:
                 )
             case SessionControl():
                 await self._on_control(msg)
+            case Heartbeat() if msg.service == topics.TOOLS:
+                await self._on_tools_heartbeat(msg.pid)
             case SpeakerState():
-                self._speaker_playing = msg.playing
                 if msg.playing:
                     self._speaker_idle.clear()
                 else:
@@ -842,7 +855,7 @@ class SessionService:
 
 SUBSCRIPTIONS = (
     topics.AUDIO_MIC,
-    topics.VAD_STATE,
+    f"health.{topics.TOOLS}",  # a new pid: the calls the old process held are lost
     topics.MIC_PREROLL,
     topics.TOOL_RESULT,
     topics.TOOL_CATALOG,

@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
 from agent.bus import Bus
-from agent.config import bus_toml
+from agent.config import BusSettings, bus_toml
 from agent.messages import Heartbeat
 
 __all__ = ["bus_toml"]  # re-exported for the tests that import it from here
@@ -63,3 +64,30 @@ def children_of(pid: int) -> list[int]:
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:
     proc.send_signal(sig)
     return proc.wait(timeout=timeout)
+
+
+def tools_config(path: Path, bus: BusSettings, module: Path) -> Path:
+    """A profile for a tools process that loads the tools of ``module`` (and no camera)."""
+    path.write_text(
+        bus_toml(bus)
+        + textwrap.dedent(
+            f"""
+            [tools]
+            entry_points = false
+            disabled_builtins = ["take_photo"]
+            modules = ["{module}"]
+            """
+        )
+    )
+    return path
+
+
+def spawn_tools(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``navtalk-agent service tools`` as its own process, as the supervisor starts it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "service", "tools", "--config", str(config)],
+        cwd=ROOT,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )

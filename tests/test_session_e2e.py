@@ -30,6 +30,8 @@ from agent.emulator.server import Emulator
 from agent.messages import (
     AssistantTranscript,
     AudioFrame,
+    Heartbeat,
+    RobotCommand,
     SdpMessage,
     ServerSpeech,
     SessionPhase,
@@ -43,6 +45,7 @@ from agent.navtalk.history import ConversationStore, Role
 from agent.navtalk.settings import EmulatorSettings, NavTalkSettings, SessionSettings
 from services import session as session_service
 from tests.conftest import running_service
+from tests.supervisor_helpers import spawn_tools, tools_config
 
 pytestmark = pytest.mark.e2e
 
@@ -333,3 +336,67 @@ async def test_permanent_failure_does_not_retry(
     assert any(
         "not retrying" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records
     )
+
+
+HANGING_TOOLS = """
+import json, threading
+from agent import topics
+from agent.messages import RobotCommand
+from agent.tools import ToolContext, tool
+
+@tool(timeout_s=60)
+def slow_tool(ctx: ToolContext) -> None:
+    \"\"\"Block until the process dies.\"\"\"
+    ctx.publish(topics.ROBOT_COMMAND, RobotCommand(action="entered", params_json="{}"))
+    threading.Event().wait()
+"""
+
+
+async def test_calls_held_by_a_dead_tools_process_are_answered_at_once(
+    emulator: Emulator,
+    bus_settings: BusSettings,
+    make_bus: Any,
+    tmp_path: Path,
+) -> None:
+    """The tools process dies with a call running (60 s timeout); the supervisor starts a
+    new one. The session sees the new pid in its heartbeats and answers the call with an
+    error at once, and the model speaks it."""
+    module = tmp_path / "hanging_tools.py"
+    module.write_text(HANGING_TOOLS)
+    config = tools_config(tmp_path / "tools.toml", bus_settings, module)
+    log = tmp_path / "tools.log"
+    settings = make_settings(bus_settings, emulator, tmp_path)
+    rec = Recorder(await make_bus("external", ""))
+    kiosk = await make_bus("kiosk")
+    proc = spawn_tools(config, log)
+    try:
+        async with running_service("session", session_service.run, settings, license=LICENSE):
+            await rec.wait_for(is_state(SessionPhase.READY))
+            assert "slow_tool" in emulator.sessions[0].stats.declared_tools
+            await rec.wait_for(
+                lambda d: isinstance(d.msg, Heartbeat) and d.sender == "tools.runtime"
+            )
+            mark = len(rec.seen)
+            kiosk.publish(topics.INPUT_TEXT, TextInput(text="Please run the slow thing."))
+            await rec.wait_for(lambda d: isinstance(d.msg, RobotCommand), after=mark)
+            proc.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(proc.wait, 10)
+            killed = time.monotonic()
+            proc = spawn_tools(config, log)  # the supervisor's part
+            err = await rec.wait_for(
+                lambda d: isinstance(d.msg, ToolResult) and d.sender == "session", after=mark
+            )
+            assert isinstance(err.msg, ToolResult) and err.msg.error is not None
+            assert err.msg.error.category.value == "unavailable"
+            assert "the tools process died" in err.msg.error.message
+            assert time.monotonic() - killed < 15, "answered at the restart, not the timeout"
+            final = await rec.wait_for(
+                lambda d: isinstance(d.msg, AssistantTranscript) and d.msg.final, after=mark
+            )
+            assert isinstance(final.msg, AssistantTranscript)
+            assert final.msg.text.startswith("Sorry, that did not work: the tools process died")
+    finally:
+        await rec.stop()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(proc.wait, 10)

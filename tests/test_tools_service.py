@@ -7,11 +7,8 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,7 +21,7 @@ import pytest
 
 from agent import topics
 from agent.bus import Bus, Delivery
-from agent.config import BusSettings, Settings, bus_toml, default_settings
+from agent.config import BusSettings, Settings, default_settings
 from agent.errors import ErrorCategory
 from agent.messages import (
     ImageInput,
@@ -46,6 +43,7 @@ from agent.tools.settings import ToolsSettings
 from agent.video.settings import CameraSettings
 from hardware.camera import ImageCamera
 from services import tools as tools_service
+from tests.supervisor_helpers import spawn_tools, tools_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 5.0  # seconds: generous bound for one message to arrive
@@ -336,43 +334,18 @@ def ping() -> str:
 '''
 
 
-def _config(path: Path, bus: BusSettings, module: Path) -> Path:
-    path.write_text(
-        bus_toml(bus)
-        + textwrap.dedent(
-            f"""
-            [tools]
-            entry_points = false
-            disabled_builtins = ["take_photo"]
-            modules = ["{module}"]
-            """
-        )
-    )
-    return path
-
-
-def _spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", "service", "tools", "--config", str(config)],
-        cwd=ROOT,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
 @pytest.mark.timeout(60)
 async def test_sigkill_with_calls_pending(bus_settings: BusSettings, tmp_path: Path) -> None:
     """Every call gets a result on the bus even though the tools process is SIGKILLed.
 
-    The answers for calls the dead process held are made by the session's pending-call
-    bookkeeping (agent.navtalk.pending.PendingCalls), as the session service does when
-    the tools process dies; this test plays the session. The restarted process answers
-    new calls.
+    This test plays the session with the session's own pending-call bookkeeping
+    (agent.navtalk.pending.PendingCalls); test_session_e2e checks that the session
+    service itself answers the calls when the tools process is replaced. The
+    restarted process answers new calls.
     """
     module = tmp_path / "slow_tools.py"
     module.write_text(SLOW_TOOLS)
-    config = _config(tmp_path / "tools.toml", bus_settings, module)
+    config = tools_config(tmp_path / "tools.toml", bus_settings, module)
     log = tmp_path / "tools.log"
     session = Bus(bus_settings, "session")
     session.subscribe(topics.TOOL_RESULT, topics.TOOL_CATALOG, topics.ROBOT_COMMAND)
@@ -381,7 +354,7 @@ async def test_sigkill_with_calls_pending(bus_settings: BusSettings, tmp_path: P
     observer.subscribe(topics.TOOL_RESULT)
     await observer.start()
     pending = PendingCalls()
-    proc = _spawn(config, log)
+    proc = spawn_tools(config, log)
     try:
 
         async def next_msg(kind: type[Message]) -> Delivery:
@@ -418,7 +391,7 @@ async def test_sigkill_with_calls_pending(bus_settings: BusSettings, tmp_path: P
         for completion in pending.fail_all("the tools process died"):
             session.publish(topics.TOOL_RESULT, completion.result)
 
-        proc = _spawn(config, log)  # what the supervisor does
+        proc = spawn_tools(config, log)  # what the supervisor does
         await next_msg(ToolCatalog)
         send("ok-2", "ping")
         r = await next_msg(ToolResult)
