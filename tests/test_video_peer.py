@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack, VideoStreamTrack
 
 from agent.messages import SdpMessage
-from agent.video.peer import DisplayPeer, sdp_candidate_addresses
+from agent.video.peer import DisplayPeer, FrameSink, sdp_candidate_addresses
 
 
 async def test_connections_we_drop_ourselves_report_no_state() -> None:
@@ -28,12 +29,14 @@ async def test_connections_we_drop_ourselves_report_no_state() -> None:
     assert states == []
 
 
-async def _connected_pair() -> tuple[DisplayPeer, RTCPeerConnection]:
+async def _connected_pair(
+    on_frame: FrameSink = lambda kind, gen, frame: None,
+) -> tuple[DisplayPeer, RTCPeerConnection]:
     """A DisplayPeer receiving from a plain aiortc sender, connected on 127.0.0.1."""
     connected = asyncio.Event()
     peer = DisplayPeer(
         "127.0.0.1",
-        lambda kind, gen, frame: None,
+        on_frame,
         lambda g, s: connected.set() if s == "connected" else None,
     )
     remote = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no public STUN
@@ -78,3 +81,28 @@ async def test_a_cancelled_close_is_not_swallowed() -> None:
             break
         steps += 1
     assert outcomes[0] == "cancelled" and outcomes.count("cancelled") >= 3, outcomes
+
+
+async def test_no_frame_is_delivered_once_close_has_begun() -> None:
+    """Frames still queued on a closing connection carry the current generation: were they
+    delivered, the display would show the old video as live again."""
+    closing = False
+    late: list[str] = []
+    seen = asyncio.Event()
+
+    def on_frame(kind: str, gen: int, frame: object) -> None:
+        seen.set()
+        if closing:
+            late.append(kind)
+        time.sleep(0.02)  # a busy loop: frames queue up in aiortc's track
+
+    peer, remote = await _connected_pair(on_frame)
+    try:
+        async with asyncio.timeout(10):
+            await seen.wait()
+        await asyncio.sleep(0.3)  # both tracks flowing
+        closing = True
+        await peer.close()
+        assert late == []
+    finally:
+        await remote.close()

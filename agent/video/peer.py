@@ -286,13 +286,15 @@ class DisplayPeer:
 
     async def close(self) -> None:
         pc, self._pc = self._pc, None
-        if pc is not None:
-            await run_to_end(pc.close())  # aioice can swallow our cancellation: see run_to_end
+        # Stop the drains first: frames still queued on the old connection must not reach
+        # on_frame while it closes (they carry the generation that is still current).
         drains = list(self._drains)
         for task in drains:
             task.cancel()
         if drains:
             await asyncio.gather(*drains, return_exceptions=True)
+        if pc is not None:
+            await run_to_end(pc.close())  # aioice can swallow our cancellation: see run_to_end
 
 
 def _url_host(url: str) -> str:
