@@ -26,7 +26,7 @@ import msgspec
 
 from agent import __version__, topics
 from agent.config import Settings, load
-from agent.errors import NavtalkAgentError
+from agent.errors import ConfigError, NavtalkAgentError
 from agent.logs import setup_logging
 
 log = logging.getLogger("agent.cli")
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except NavtalkAgentError as exc:
         print(f"navtalk-agent: error: {exc}", file=sys.stderr)
-        return 2 if exc.__class__.__name__ == "ConfigError" else 1
+        return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         return 130
 

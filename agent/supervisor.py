@@ -171,9 +171,9 @@ class Supervisor:
         self._proxy.start()
         self._bus = Bus(self.settings.bus, topics.SUPERVISOR)
         self._bus.subscribe("health.", "metrics.", topics.VIDEO_STATS)
-        if self._sup.metrics_port:
-            self._metrics = _MetricsExporter(self._sup.metrics_host, self._sup.metrics_port)
         try:
+            if self._sup.metrics_port:
+                self._metrics = _MetricsExporter(self._sup.metrics_host, self._sup.metrics_port)
             await self._bus.start()
             for child in self.children.values():
                 await self._spawn(child)
@@ -219,7 +219,8 @@ class Supervisor:
                 log.warning("%s: cannot pin to cores %s: %s", child.name, child.cores, exc)
         child.proc = proc
         child.started_at = child.last_beat = time.monotonic()
-        child.set_phase(ChildPhase.STARTING, f"pid {proc.pid}")
+        log.info("= %s: spawned, pid %d", child.name, proc.pid)
+        child.set_phase(ChildPhase.STARTING)
         self._spawn_task(self._reap(child, proc), f"reap-{child.name}")
 
     async def _reap(self, child: Child, proc: asyncio.subprocess.Process) -> None:
@@ -358,7 +359,13 @@ class _MetricsExporter:
             "navtalk_agent_metric", "a service's own metric", ["service", "name"],
             registry=self._registry,
         )  # fmt: skip
-        self._server, self._thread = prom.start_http_server(port, host, registry=self._registry)
+        try:
+            self._server, self._thread = prom.start_http_server(port, host, registry=self._registry)
+        except OSError as exc:
+            raise SupervisorError(
+                f"cannot serve metrics on {host}:{port} ({exc.strerror}); "
+                "set [supervisor] metrics_port to a free port, or 0 for none"
+            ) from exc
         log.info("= metrics on http://%s:%d/metrics", host, port)
 
     def observe(self, msg: object, children: Iterable[Child]) -> None:

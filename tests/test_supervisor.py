@@ -153,3 +153,22 @@ async def test_crash_loop_gives_up_and_says_so(short_tmp: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_taken_metrics_port_is_one_clear_error_and_nothing_is_left_behind(
+    sup_config: Path, short_tmp: Path, metrics_port: int
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", metrics_port))
+        taken.listen()
+        proc = start_supervisor(sup_config, "--only", "tools", log=short_tmp / "sup.log")
+        try:
+            code = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    out = (short_tmp / "sup.log").read_text()
+    assert code == 1, out
+    assert f"cannot serve metrics on 127.0.0.1:{metrics_port}" in out
+    assert "Traceback" not in out
+    assert not [p.name for p in short_tmp.iterdir() if p.is_socket()], "proxy files left"
