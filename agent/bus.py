@@ -42,7 +42,7 @@ __all__ = ["Bus", "BusSettings", "Delivery", "PlaneEndpoints", "Proxy"]
 
 log = logging.getLogger(__name__)
 
-_PROBE_PREFIX = "_probe."  # bus-internal topic used by Bus.start() to know it is connected
+PROBE_PREFIX = "_probe."  # bus-internal topic used by Bus.start() to know it is connected
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +229,7 @@ class Bus:
         self._media: collections.deque[Delivery] = collections.deque(maxlen=media_queue)
         self._wakeup = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
-        self._probe_topic = f"{_PROBE_PREFIX}{sender}.{uuid.uuid4().hex[:8]}"
+        self._probe_topic = f"{PROBE_PREFIX}{sender}.{uuid.uuid4().hex[:8]}"
         self._probe_seen: set[topics.Plane] = set()
         self._probe_event = asyncio.Event()
         self._started = False
@@ -355,7 +355,7 @@ class Bus:
                 log.error("bus reader %s: %s", plane, exc)
                 continue
             topic = frames[0].decode("ascii", "replace")
-            if topic.startswith(_PROBE_PREFIX):
+            if topic.startswith(PROBE_PREFIX):
                 if topic == self._probe_topic:
                     self._probe_seen.add(plane)
                     self._probe_event.set()

@@ -19,6 +19,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from agent.bus import PROBE_PREFIX
 from agent.errors import MessageDecodeError
 from agent.logs import redact
 from agent.messages import decode_envelope
@@ -44,12 +45,10 @@ class TapPrinter:
         self.as_json = as_json
         self._last: dict[tuple[str, str], int] = {}
         self.gaps = 0
-        self.count = 0
 
     def line(self, frames: Sequence[bytes], now_mono_ns: int) -> str:
         topic = frames[0].decode("ascii", "replace")
-        self.count += 1
-        if topic.startswith("_probe."):
+        if topic.startswith(PROBE_PREFIX):
             return ""
         try:
             if len(frames) < 2:

@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 from agent.emulator.brain import Script
 from agent.emulator.server import Emulator, limit_ice_to_loopback
 from agent.navtalk import events as ev
-from agent.navtalk.protocol import NavTalkProtocol
+from agent.navtalk.protocol import NavTalkProtocol, SessionStatus
 from agent.navtalk.settings import EmulatorSettings
 
 SCRIPT = Script(greeting="", fallback="Sorry?")
@@ -93,7 +93,9 @@ async def test_rejected_license_closes() -> None:
             proto = NavTalkProtocol()
             frame = json.loads(await ws.recv())
             assert frame == {"type": "conversation.connected.fail", "message": "Invalid license"}
-            proto.receive_text(json.dumps(frame), 0.0)
+            events = proto.receive_text(json.dumps(frame), 0.0)
+            assert events == [ev.ConnectedFail(message="Invalid license")]
+            assert proto.state is SessionStatus.CLOSED
             await ws.wait_closed()
             assert ws.close_code == 1000
 
