@@ -166,15 +166,6 @@ class Tool:
             timeout_ms=max(1, round(timeout_s * 1000)),
         )
 
-    def declaration(self) -> dict[str, Any]:
-        """The NavTalk function declaration (one item of ``realtime.input_function_call``)."""
-        return {
-            "type": "function",
-            "name": self.name,
-            "description": self.description,
-            "parameters": self.parameters,
-        }
-
 
 @overload
 def tool(fn: Handler, /) -> Tool: ...

@@ -27,7 +27,6 @@ import sys
 import types
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
 
 from agent.errors import ConfigError
 from agent.messages import ToolCatalog
@@ -102,11 +101,6 @@ class ToolRegistry:
         return ToolCatalog(
             tools=[declared[name].spec(self.default_timeout_s) for name in sorted(declared)]
         )
-
-    def declarations(self) -> list[dict[str, Any]]:
-        """The NavTalk ``realtime.input_function_call`` content (a list of functions)."""
-        declared = self.declared
-        return [declared[name].declaration() for name in sorted(declared)]
 
 
 def _with_origin(tool: Tool, origin: str) -> Tool:
