@@ -13,10 +13,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from agent.emulator.brain import Script
-from agent.emulator.server import Emulator, limit_ice_to_loopback
+from agent.emulator.server import Emulator
 from agent.navtalk import events as ev
 from agent.navtalk.protocol import NavTalkProtocol, SessionStatus
 from agent.navtalk.settings import EmulatorSettings
+from agent.video.peer import restrict_ice_host
 
 SCRIPT = Script(greeting="", fallback="Sorry?")
 
@@ -49,7 +50,7 @@ async def test_tls_with_generated_certificate() -> None:
 async def test_client_offer_is_answered_and_ice_accepted() -> None:
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    limit_ice_to_loopback()
+    restrict_ice_host("127.0.0.1")
     async with Emulator(EmulatorSettings(port=0, webrtc=False), script=SCRIPT) as emu:
         async with connect(f"{emu.base_url}?license=abc&avatarId=A1") as ws:
             proto = NavTalkProtocol()

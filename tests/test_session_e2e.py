@@ -251,9 +251,9 @@ async def test_full_conversation(
 async def answer_offer(display: Bus, sdp: str) -> tuple[Any, list[asyncio.Task[None]]]:
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    from agent.emulator.server import limit_ice_to_loopback
+    from agent.video.peer import restrict_ice_host
 
-    limit_ice_to_loopback()
+    restrict_ice_host("127.0.0.1")
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     drains: list[asyncio.Task[None]] = []
 

@@ -66,7 +66,6 @@ __all__ = [
     "Emulator",
     "SessionRecord",
     "add_cli_arguments",
-    "limit_ice_to_loopback",
     "main",
     "serve",
 ]
@@ -79,17 +78,6 @@ _ws_log.addFilter(RedactFilter())
 
 PATH = "/wss/v2/realtime-chat"  # [seed][sdk]
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # images arrive as base64 data URLs
-
-
-def limit_ice_to_loopback() -> None:
-    """Keep ICE host candidates on 127.0.0.1 (aioice leaves loopback out by default);
-    see /work/shared/recipes/files/rtc_loopback.py."""
-    import aioice.ice
-
-    def loopback(use_ipv4: bool = True, use_ipv6: bool = True) -> list[str]:
-        return ["127.0.0.1"]
-
-    aioice.ice.get_host_addresses = loopback
 
 
 # observer(record, frame type, CLOCK_MONOTONIC ns at receipt, frame text): tests, benchmarks
@@ -149,8 +137,11 @@ class Emulator:
         return f"{scheme}://{self.settings.host}:{self.port}{PATH}"
 
     async def start(self) -> int:
-        if self.settings.webrtc and _is_loopback(self.settings.host):
-            limit_ice_to_loopback()
+        if self.settings.webrtc:
+            from agent.video.peer import is_loopback, restrict_ice_host
+
+            if is_loopback(self.settings.host):
+                restrict_ice_host("127.0.0.1")  # ICE host candidates on loopback only
         ctx = self._tls_context() if self.settings.tls else None
         self._server = await ws_serve(
             self._handle,
@@ -523,15 +514,6 @@ def _peek_type(text: str) -> str:
     start = text.find('"', text.find(":", at) + 1)
     end = text.find('"', start + 1)
     return text[start + 1 : end] if start >= 0 and end > start else ""
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _self_signed(host: str) -> tuple[bytes, bytes]:

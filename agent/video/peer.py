@@ -49,6 +49,7 @@ __all__ = [
     "PeerError",
     "StateSink",
     "filter_sdp_candidates",
+    "is_loopback",
     "restrict_ice_host",
     "sdp_candidate_addresses",
 ]
@@ -64,7 +65,8 @@ class PeerError(NavtalkAgentError):
     """A WebRTC negotiation step failed (bad SDP, wrong signaling state)."""
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """``host`` is a loopback address (or ``localhost``)."""
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -143,14 +145,14 @@ class DisplayPeer:
         return self._pc is not None and self._pc.signalingState == "have-local-offer"
 
     def _keep_address(self, address: str) -> bool:
-        return not _is_loopback(self.host) or _is_loopback(address)
+        return not is_loopback(self.host) or is_loopback(address)
 
     def _config(self, servers: Sequence[IceServer]) -> RTCConfiguration:
         ice: list[RTCIceServer] = []
         for s in servers:
             urls = list(s.urls)
-            if _is_loopback(self.host):
-                urls = [u for u in urls if _is_loopback(_url_host(u))]
+            if is_loopback(self.host):
+                urls = [u for u in urls if is_loopback(_url_host(u))]
             if urls:
                 ice.append(RTCIceServer(urls=urls, username=s.username, credential=s.credential))
             else:
