@@ -380,6 +380,7 @@ class ToolRunner:
         return self._finish(tool, call, cf.result())
 
     def _mark_stuck(self, tool: Tool, cf: concurrent.futures.Future[Any], timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
         self.stats.stuck_threads += 1
         log.warning(
             "tool %s still running after its %g s timeout; its thread is stuck until it returns "
@@ -390,9 +391,13 @@ class ToolRunner:
             self.threads.max_threads,
         )
 
-        def unstuck(_: concurrent.futures.Future[Any]) -> None:
-            self.stats.stuck_threads -= 1  # an int store: fine from the worker thread
+        def unstuck_on_loop() -> None:  # the counter is only ever changed on the loop
+            self.stats.stuck_threads -= 1
             log.info("tool %s returned late; its result was discarded", tool.name)
+
+        def unstuck(_: concurrent.futures.Future[Any]) -> None:  # the worker thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody counts
+                loop.call_soon_threadsafe(unstuck_on_loop)
 
         cf.add_done_callback(unstuck)
 
