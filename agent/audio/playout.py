@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.audio.jitter import JitterBuffer
-from agent.audio.pcm import ToMono24k
+from agent.audio.pcm import ToMono24k, to_float, to_pcm
 from agent.audio.settings import SpeakerSettings
 
 __all__ = ["PlayedBlock", "Playout", "StateChange"]
@@ -170,8 +170,7 @@ class Playout:
             stream_id = self._stream_id
         volume = self._volume
         if real and volume != 1.0:
-            x = np.frombuffer(pcm, dtype="<i2").astype(np.float32) * np.float32(volume)
-            pcm = np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
+            pcm = to_pcm(to_float(pcm) * np.float32(volume))
         if self._playing or self._keep_idle:
             self._out.append(PlayedBlock(pcm, now_ns, play_ns, real, stream_id, self._playing))
         return pcm

@@ -21,8 +21,9 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import soxr
 import webrtcvad
+
+from agent.audio.pcm import stream_resampler, to_float, to_pcm
 
 __all__ = ["VadEvent", "VadPhase", "VoiceActivityDetector"]
 
@@ -86,9 +87,7 @@ class VoiceActivityDetector:
         # HQ's ~35 ms; the detector only needs the speech band.
         # float32, not int16: soxr's int16 output dithers, and webrtcvad calls dither speech
         # while it adapts.
-        self._resample = soxr.ResampleStream(
-            input_rate_hz, _VAD_RATE_HZ, 1, dtype="float32", quality="LQ"
-        )
+        self._resample = stream_resampler(input_rate_hz, _VAD_RATE_HZ)
         self._buf = np.zeros(0, np.float32)
         # webrtcvad flags the first few frames of any faint noise as speech while its noise
         # model adapts: those frames may not start a turn.
@@ -123,7 +122,7 @@ class VoiceActivityDetector:
 
     def feed(self, pcm: bytes, capture_mono_ns: int) -> list[VadEvent]:
         """Classify a block of 24 kHz mono PCM16 captured at ``capture_mono_ns``."""
-        x = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+        x = to_float(pcm)
         self._anchor_in, self._anchor_ns = self._in_index, capture_mono_ns
         self._in_index += len(x)
         y = self._resample.resample_chunk(x)
@@ -133,7 +132,7 @@ class VoiceActivityDetector:
             frame, self._buf = self._buf[: self._n], self._buf[self._n :]
             start_ns = self._time_of(self._out_index)
             self._out_index += self._n
-            pcm16 = np.clip(np.rint(frame), -32768, 32767).astype("<i2").tobytes()
+            pcm16 = to_pcm(frame)
             is_speech = bool(self._vad.is_speech(pcm16, _VAD_RATE_HZ))
             if self.frames < self._warmup_frames:
                 is_speech = False
