@@ -36,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.errors import DeviceError
+from agent.video.compose import draw_fitted
 from agent.video.settings import DisplaySettings
 
 __all__ = [
@@ -55,15 +56,10 @@ Image = npt.NDArray[np.uint8]
 
 def letterbox(frame: Image, width: int, height: int) -> Image:
     """``frame`` scaled into ``width`` x ``height`` with its aspect kept, black bars around."""
-    fh, fw = frame.shape[:2]
-    if (fw, fh) == (width, height):
+    if (frame.shape[1], frame.shape[0]) == (width, height):
         return frame
-    scale = min(width / fw, height / fh)
-    w, h = max(1, round(fw * scale)), max(1, round(fh * scale))
     out = np.zeros((height, width, 3), np.uint8)
-    x, y = (width - w) // 2, (height - h) // 2
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    out[y : y + h, x : x + w] = cv2.resize(frame, (w, h), interpolation=interp)
+    draw_fitted(frame, out)
     return out
 
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Badge", "Composer", "DisplayModel", "Overlay", "Scene", "fit_aspect"]
+__all__ = ["Badge", "Composer", "DisplayModel", "Overlay", "Scene", "draw_fitted", "fit_aspect"]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,16 @@ def fit_aspect(src_w: int, src_h: int, dst_w: int, dst_h: int) -> tuple[int, int
     return (dst_w - w) // 2, (dst_h - h) // 2, w, h
 
 
+def draw_fitted(src: Image, dst: Image) -> None:
+    """Draw ``src`` into ``dst`` scaled with its aspect kept, centred (the rest untouched)."""
+    x, y, w, h = fit_aspect(src.shape[1], src.shape[0], dst.shape[1], dst.shape[0])
+    if (w, h) == (src.shape[1], src.shape[0]):
+        dst[y : y + h, x : x + w] = src
+    else:
+        interp = cv2.INTER_AREA if w < src.shape[1] else cv2.INTER_LINEAR
+        dst[y : y + h, x : x + w] = cv2.resize(src, (w, h), interpolation=interp)
+
+
 _BADGE_COLOURS: dict[Badge, tuple[int, int, int]] = {  # BGR
     Badge.CONNECTING: (0, 165, 255),
     Badge.LISTENING: (80, 200, 80),
@@ -182,19 +192,11 @@ class Composer:
     def _blank(self) -> Image:
         return np.full((self.height, self.width, 3), _BACKGROUND, np.uint8)
 
-    def _fit(self, src: Image, dst: Image) -> None:
-        x, y, w, h = fit_aspect(src.shape[1], src.shape[0], self.width, self.height)
-        if (w, h) == (src.shape[1], src.shape[0]):
-            dst[y : y + h, x : x + w] = src
-        else:
-            interp = cv2.INTER_AREA if w < src.shape[1] else cv2.INTER_LINEAR
-            dst[y : y + h, x : x + w] = cv2.resize(src, (w, h), interpolation=interp)
-
     def _make_idle(self, image: Image | None) -> Image:
         if image is None:
             return self._make_placeholder("Hello! Come closer to talk.")
         canvas = self._blank()
-        self._fit(image, canvas)
+        draw_fitted(image, canvas)
         return canvas
 
     def _make_placeholder(self, text: str) -> Image:
@@ -217,7 +219,7 @@ class Composer:
             canvas = self._waiting.copy()
         else:
             canvas = self._blank()
-            self._fit(avatar, canvas)
+            draw_fitted(avatar, canvas)
         if self.badge:
             self._draw_badge(canvas, overlay.badge)
         if self.captions:
