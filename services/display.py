@@ -203,8 +203,7 @@ class _Display:
             return
         now = time.monotonic()
         if state in ("failed", "closed"):
-            self.model.on_video(False, now)
-            self._video_generation = 0
+            self._video_lost(now)
         if self.policy.on_connection_state(state, now) is Action.OFFER:
             self._spawn(self._offer(f"connection {state}"))
 
@@ -296,8 +295,7 @@ class _Display:
     async def _offer(self, why: str) -> None:
         now = time.monotonic()
         self.policy.on_offer_sent(now)  # also when it fails: the timeout paces the retries
-        self.model.on_video(False, now)
-        self._video_generation = 0
+        self._video_lost(now)
         try:
             offer = await self.peer.offer(self.ice_servers)
         except Exception:
@@ -307,12 +305,18 @@ class _Display:
         self.bus.publish(topics.WEBRTC_LOCAL_OFFER, offer)
         self._trickle()
 
+    def _video_lost(self, now: float) -> None:
+        """No video on screen until the next connection delivers some."""
+        self.model.on_video(False, now)
+        self._video_generation = 0
+
     def _trickle(self) -> None:
         if not self.ds.trickle_local_ice:
             return
-        for c in self.peer.local_candidates():
+        candidates = self.peer.local_candidates()
+        for c in candidates:
             self.bus.publish(topics.WEBRTC_LOCAL_ICE, c)
-        log.info("> webrtc.local.ice x%d", len(self.peer.local_candidates()))
+        log.info("> webrtc.local.ice x%d", len(candidates))
 
     async def tick_loop(self) -> None:
         while True:
@@ -324,8 +328,7 @@ class _Display:
         msg, now = d.msg, time.monotonic()
         if isinstance(msg, SdpMessage) and d.topic == topics.WEBRTC_REMOTE_OFFER:
             log.info("< webrtc.remote.offer (%d bytes)", len(msg.sdp))
-            self.model.on_video(False, now)
-            self._video_generation = 0
+            self._video_lost(now)
             answer = await self.peer.answer(msg, msg.ice_servers or self.ice_servers)
             self.policy.on_remote_offer(time.monotonic())
             self.bus.publish(topics.WEBRTC_LOCAL_ANSWER, answer)
