@@ -22,6 +22,7 @@ exceptions.
 from __future__ import annotations
 
 import enum
+import json
 
 
 class ErrorCategory(enum.StrEnum):
@@ -35,6 +36,12 @@ class ErrorCategory(enum.StrEnum):
     BAD_OUTPUT = "bad_output"  # the handler returned something that is not JSON
     CLOUD = "cloud"  # the NavTalk service
     DEVICE = "device"  # local hardware
+
+
+def error_output(category: ErrorCategory, message: str) -> str:
+    """What the model reads for a failed tool call: ``{"error": {"category", "message"}}``
+    (the ``function_call_output`` string, and the ``output_json`` of an error result)."""
+    return json.dumps({"error": {"category": category.value, "message": message}})
 
 
 class NavtalkAgentError(Exception):

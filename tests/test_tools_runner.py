@@ -83,11 +83,11 @@ async def test_unknown_tool_and_invalid_arguments() -> None:
     runner = make_runner(add)
     r = await runner.run(call("subtract", {"a": 1}))
     assert not r.ok and category(r) is ErrorCategory.UNKNOWN_TOOL
-    assert "subtract" in json.loads(r.output_json)["message"]
+    assert "subtract" in json.loads(r.output_json)["error"]["message"]
     r = await runner.run(call("add", {"a": "two"}))
     assert not r.ok and category(r) is ErrorCategory.INVALID_ARGUMENTS
-    out = json.loads(r.output_json)  # what the model reads
-    assert out["error"] == "invalid_arguments"
+    out = json.loads(r.output_json)["error"]  # what the model reads
+    assert out["category"] == "invalid_arguments"
     assert "Expected `int`, got `str` - at `$.a`" in out["message"]
     assert r.error is not None and not r.error.retryable
     assert runner.stats.errors == {"unknown_tool": 1, "invalid_arguments": 1}
@@ -122,7 +122,7 @@ async def test_exceptions_are_categorized() -> None:
     assert category(r) is ErrorCategory.HANDLER_ERROR and "elevator offline" in r.output_json
     r = await runner.run(call("refuse"))
     assert category(r) is ErrorCategory.UNAVAILABLE and r.error is not None and r.error.retryable
-    assert json.loads(r.output_json)["message"] == "the door is locked after 22:00"
+    assert json.loads(r.output_json)["error"]["message"] == "the door is locked after 22:00"
     r = await runner.run(call("no_device"))
     assert category(r) is ErrorCategory.DEVICE and "camera unplugged" in r.output_json
     await runner.aclose()

@@ -9,11 +9,10 @@ call at once (tools process gone, session closing).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
-from agent.errors import ErrorCategory
+from agent.errors import ErrorCategory, error_output
 from agent.messages import ErrorInfo, ToolResult
 
 __all__ = ["Completion", "PendingCall", "PendingCalls", "error_output", "output_for"]
@@ -37,11 +36,6 @@ class Completion:
     call: PendingCall
     result: ToolResult
     output: str
-
-
-def error_output(category: ErrorCategory, message: str) -> str:
-    """The ``function_call_output`` string for an error: a JSON object the model can read."""
-    return json.dumps({"error": {"category": category.value, "message": message}})
 
 
 def output_for(result: ToolResult) -> str:

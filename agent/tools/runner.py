@@ -40,7 +40,7 @@ from typing import Any
 
 import msgspec
 
-from agent.errors import DeviceError, ErrorCategory, NavtalkAgentError, ToolError
+from agent.errors import DeviceError, ErrorCategory, NavtalkAgentError, ToolError, error_output
 from agent.messages import ErrorInfo, Message, ToolCall, ToolResult
 from agent.tools.plugin import LazyCamera, Tool, ToolContext
 from agent.tools.schema import ArgumentsError, validate_arguments
@@ -71,12 +71,11 @@ class BadOutputError(NavtalkAgentError):
 
 def error_result(call: ToolCall, category: ErrorCategory, message: str) -> ToolResult:
     """An error result for ``call``; the output tells the model what happened."""
-    output = msgspec.json.encode({"error": category.value, "message": message}).decode()
     return ToolResult(
         call_id=call.call_id,
         name=call.name,
         ok=False,
-        output_json=output,
+        output_json=error_output(category, message),
         error=ErrorInfo(category=category, message=message, retryable=category in _RETRYABLE),
     )
 
