@@ -344,12 +344,15 @@ class VideoStats(Message, frozen=True, kw_only=True, tag=True):
     connection_state: str = ""
 
 
+HealthStatus = Literal["starting", "ok", "degraded", "stopping"]
+
+
 class Heartbeat(Message, frozen=True, kw_only=True, tag=True):
     """A service is alive (``health.<service>``)."""
 
     service: str
     pid: int
-    status: Literal["starting", "ok", "degraded", "stopping"] = "ok"
+    status: HealthStatus = "ok"
     detail: str = ""
     uptime_s: float = 0.0
 

@@ -21,13 +21,13 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from agent import topics
 from agent.bus import Bus
 from agent.config import Settings
-from agent.messages import Heartbeat, Shutdown
+from agent.messages import HealthStatus, Heartbeat, Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,27 @@ def load_service(name: str) -> ServiceMain:
     return run
 
 
-async def heartbeat_loop(bus: Bus, name: str, interval_s: float) -> None:
+async def heartbeat_loop(
+    bus: Bus,
+    name: str,
+    interval_s: float,
+    status: Callable[[], tuple[HealthStatus, str]] | None = None,
+) -> None:
     """``health.<name>`` every ``interval_s``, sent from the event loop (a blocked loop is
-    a silent one)."""
+    a silent one). ``status`` gives (status, detail) when there is more to say than "ok"."""
     started = time.monotonic()
     pid = os.getpid()
     while True:
+        state, detail = status() if status is not None else ("ok", "")
         bus.publish(
             f"health.{name}",
-            Heartbeat(service=name, pid=pid, uptime_s=time.monotonic() - started),
+            Heartbeat(
+                service=name,
+                pid=pid,
+                status=state,
+                detail=detail,
+                uptime_s=time.monotonic() - started,
+            ),
         )
         await asyncio.sleep(interval_s)
 

@@ -36,7 +36,8 @@ from agent import topics
 from agent.bus import Bus, Proxy
 from agent.config import Settings, SupervisorSettings
 from agent.errors import SupervisorError
-from agent.messages import Heartbeat, Metrics, Shutdown, VideoStats
+from agent.messages import HealthStatus, Heartbeat, Metrics, Shutdown, VideoStats
+from agent.runtime import heartbeat_loop
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,10 @@ class Supervisor:
                 await self._spawn(child)
             self._spawn_task(self._watch_health(), "health")
             self._spawn_task(self._watchdog(), "watchdog")
-            self._spawn_task(self._own_heartbeat(), "heartbeat")
+            beat = heartbeat_loop(
+                self._bus, topics.SUPERVISOR, self._sup.heartbeat_interval_s, self._health
+            )
+            self._spawn_task(beat, "heartbeat")
             await self._stopping.wait()
             log.info("= stopping everything (%s)", self._stop_reason)
         finally:
@@ -288,22 +292,9 @@ class Supervisor:
                         proc.kill()
                     child.last_beat = now  # one kill per silence
 
-    async def _own_heartbeat(self) -> None:
-        assert self._bus is not None
-        started = time.monotonic()
-        while True:
-            gave_up = [c.name for c in self.children.values() if c.phase is ChildPhase.GAVE_UP]
-            self._bus.publish(
-                "health.supervisor",
-                Heartbeat(
-                    service=topics.SUPERVISOR,
-                    pid=os.getpid(),
-                    status="degraded" if gave_up else "ok",
-                    detail=f"gave up on: {', '.join(gave_up)}" if gave_up else "",
-                    uptime_s=time.monotonic() - started,
-                ),
-            )
-            await asyncio.sleep(self._sup.heartbeat_interval_s)
+    def _health(self) -> tuple[HealthStatus, str]:
+        gave_up = [c.name for c in self.children.values() if c.phase is ChildPhase.GAVE_UP]
+        return ("degraded", f"gave up on: {', '.join(gave_up)}") if gave_up else ("ok", "")
 
     async def _shutdown(self) -> None:
         self._stopping.set()

@@ -129,6 +129,7 @@ async def test_sigkilled_supervisor_takes_children_with_it(
 
 
 async def test_crash_loop_gives_up_and_says_so(short_tmp: Path) -> None:
+    from agent.config import load
     from tests.conftest import ipc_bus_settings
 
     cfg = short_tmp / "loop.toml"
@@ -149,6 +150,10 @@ async def test_crash_loop_gives_up_and_says_so(short_tmp: Path) -> None:
         assert "tools keeps crashing (3 restarts within 60 s)" in text
         assert "tools_that_are_missing" in text, "the cause is in the log"
         assert proc.poll() is None, "the supervisor itself stays up"
+        async with Bus(load(cfg).bus, "external") as bus:  # and says so in its heartbeat
+            bus.subscribe("health.")
+            beat = await next_beat(bus, "supervisor", timeout=10)
+        assert (beat.status, beat.detail) == ("degraded", "gave up on: tools")
         assert stop(proc) == 1, "a process that gave up is reported in the exit code"
     finally:
         if proc.poll() is None:
