@@ -238,7 +238,8 @@ async def watch(
         if live:
             from rich.live import Live
 
-            ctx = Live(view.render(), refresh_per_second=4)  # type: ignore[assignment]
+            # rendered at each refresh, not for each message
+            ctx = Live(get_renderable=view.render, refresh_per_second=4)  # type: ignore[assignment]
         with ctx as screen, record.open("w") as rec:
             while not view.ended and proc.returncode is None and time.monotonic() < deadline:
                 try:
@@ -254,9 +255,7 @@ async def watch(
                 )
                 rec.write("\n")
                 line = view.feed(d.msg)
-                if screen is not None:
-                    screen.update(view.render())
-                elif line:
+                if screen is None and line:
                     print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
     return view
 

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import ctypes
 import enum
+import functools
 import logging
 import os
 import signal
@@ -174,7 +175,9 @@ class Supervisor:
         self._bus.subscribe("health.", "metrics.", topics.VIDEO_STATS)
         try:
             if self._sup.metrics_port:
-                self._metrics = _MetricsExporter(self._sup.metrics_host, self._sup.metrics_port)
+                self._metrics = _MetricsExporter(
+                    self._sup.metrics_host, self._sup.metrics_port, self.children.values()
+                )
             await self._bus.start()
             for child in self.children.values():
                 await self._spawn(child)
@@ -267,7 +270,7 @@ class Supervisor:
                     if child.phase is ChildPhase.STARTING:
                         child.set_phase(ChildPhase.RUNNING, "first heartbeat")
             if self._metrics is not None:
-                self._metrics.observe(d.msg, self.children.values())
+                self._metrics.observe(d.msg)
 
     async def _watchdog(self) -> None:
         while not self._stopping.is_set():  # a stopping child is silent on purpose
@@ -332,10 +335,18 @@ class Supervisor:
         log.info("= all stopped: %s", ", ".join(f"{k}={v}" for k, v in codes.items()))
 
 
+def _is_running(child: Child) -> float:
+    return 1.0 if child.phase is ChildPhase.RUNNING else 0.0
+
+
+def _restarts(child: Child) -> float:
+    return float(child.restarts)
+
+
 class _MetricsExporter:
     """Prometheus endpoint: child state and restarts, plus every ``metrics.*`` value."""
 
-    def __init__(self, host: str, port: int):
+    def __init__(self, host: str, port: int, children: Iterable[Child]):
         import prometheus_client as prom
 
         self._registry = prom.CollectorRegistry()
@@ -350,6 +361,9 @@ class _MetricsExporter:
             "navtalk_agent_metric", "a service's own metric", ["service", "name"],
             registry=self._registry,
         )  # fmt: skip
+        for child in children:  # read when scraped, not kept up to date by hand
+            self.up.labels(child.name).set_function(functools.partial(_is_running, child))
+            self.restarts.labels(child.name).set_function(functools.partial(_restarts, child))
         try:
             self._server, self._thread = prom.start_http_server(port, host, registry=self._registry)
         except OSError as exc:
@@ -359,10 +373,7 @@ class _MetricsExporter:
             ) from exc
         log.info("= metrics on http://%s:%d/metrics", host, port)
 
-    def observe(self, msg: object, children: Iterable[Child]) -> None:
-        for child in children:
-            self.up.labels(child.name).set(1 if child.phase is ChildPhase.RUNNING else 0)
-            self.restarts.labels(child.name).set(child.restarts)
+    def observe(self, msg: object) -> None:
         if isinstance(msg, Metrics):
             for name, v in msg.values.items():
                 self.value.labels(msg.service, name).set(v)
