@@ -238,8 +238,7 @@ async def watch(
         if live:
             from rich.live import Live
 
-            # rendered at each refresh, not for each message
-            ctx = Live(get_renderable=view.render, refresh_per_second=4)  # type: ignore[assignment]
+            ctx = Live(view.render(), refresh_per_second=4)  # type: ignore[assignment]
         with ctx as screen, record.open("w") as rec:
             while not view.ended and proc.returncode is None and time.monotonic() < deadline:
                 try:
@@ -255,7 +254,9 @@ async def watch(
                 )
                 rec.write("\n")
                 line = view.feed(d.msg)
-                if screen is None and line:
+                if screen is not None:
+                    screen.update(view.render())
+                elif line:
                     print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
     return view
 
