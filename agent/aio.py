@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["run_to_end"]
+__all__ = ["ThreadWakeup", "run_to_end"]
 
 log = logging.getLogger(__name__)
 
@@ -37,3 +38,23 @@ async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
         if not task.cancelled() and task.exception() is not None:
             log.warning("%r failed while its caller was cancelled", coro, exc_info=task.exception())
         raise
+
+
+class ThreadWakeup:
+    """Set an :class:`asyncio.Event` from any thread (a device callback every few ms) with at
+    most one ``call_soon_threadsafe`` pending, so the loop is never flooded."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.event = asyncio.Event()
+        self._pending = False
+
+    def wake(self) -> None:  # any thread
+        if not self._pending:
+            self._pending = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: shutting down
+                self._loop.call_soon_threadsafe(self._set)
+
+    def _set(self) -> None:
+        self._pending = False  # before set(): a wake() racing with us schedules again
+        self.event.set()

@@ -42,6 +42,7 @@ from typing import Any, Literal, Self
 import numpy as np
 import soxr
 
+from agent.aio import ThreadWakeup
 from agent.audio.pcm import (
     PCM_RATE_HZ,
     Float32Array,
@@ -169,10 +170,8 @@ class _Handoff:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, max_items: int):
-        self._loop = loop
         self._items: collections.deque[CapturedFrame] = collections.deque(maxlen=max_items)
-        self._event = asyncio.Event()
-        self._wake_pending = False
+        self._wakeup = ThreadWakeup(loop)
         self.dropped = 0
         self.closed = False
         self.error: DeviceError | None = None
@@ -181,21 +180,11 @@ class _Handoff:
         if len(self._items) == self._items.maxlen:
             self.dropped += 1
         self._items.append(item)
-        self._wake()
+        self._wakeup.wake()
 
     def fail(self, error: DeviceError) -> None:  # any thread
         self.error = error
-        self._wake()
-
-    def _wake(self) -> None:
-        if not self._wake_pending:
-            self._wake_pending = True
-            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-                self._loop.call_soon_threadsafe(self._on_wake)
-
-    def _on_wake(self) -> None:
-        self._wake_pending = False  # before set(): a put() racing with us wakes again
-        self._event.set()
+        self._wakeup.wake()
 
     async def get(self, stall_s: float | None) -> CapturedFrame | None:
         while True:
@@ -205,12 +194,12 @@ class _Handoff:
                 raise self.error
             if self.closed:
                 return None
-            self._event.clear()
+            self._wakeup.event.clear()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # races the wake-up, and the reader would not stop.
             try:
                 async with asyncio.timeout(stall_s):
-                    await self._event.wait()
+                    await self._wakeup.event.wait()
             except TimeoutError:
                 raise DeviceError(f"input device delivered nothing for {stall_s:.1f} s") from None
 

@@ -25,6 +25,7 @@ import wave
 from pathlib import Path
 
 from agent import topics
+from agent.aio import ThreadWakeup
 from agent.audio.pcm import PCM_RATE_HZ
 from agent.audio.playout import PlayedBlock, Playout, StateChange
 from agent.bus import Bus
@@ -40,27 +41,6 @@ log = logging.getLogger(__name__)
 METRICS_INTERVAL_S = 5.0
 
 
-class _Wakeup:
-    """Device thread -> event loop: at most one pending call_soon_threadsafe."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = loop
-        self.event = asyncio.Event()
-        self._pending = False
-
-    def wake(self) -> None:  # any thread
-        if not self._pending:
-            self._pending = True
-            try:
-                self._loop.call_soon_threadsafe(self._set)
-            except RuntimeError:  # the loop is closed: shutting down
-                pass
-
-    def _set(self) -> None:
-        self._pending = False
-        self.event.set()
-
-
 async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None) -> None:
     """Play until cancelled. ``device`` is built from ``settings.speaker`` when not given (an
     injected device is started and closed here too)."""
@@ -69,7 +49,7 @@ async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None
     bus.subscribe(source_topic, topics.CONTROL_BARGE_IN, topics.CONTROL_VOLUME)
     await bus.start()
     playout = Playout(cfg, keep_idle=bool(cfg.record_path))
-    wakeup = _Wakeup(asyncio.get_running_loop())
+    wakeup = ThreadWakeup(asyncio.get_running_loop())
 
     def pull(n: int, play_ns: int) -> bytes:  # the device's thread
         pcm = playout.pull(n, time.monotonic_ns(), play_ns)
@@ -136,7 +116,7 @@ async def _played_loop(
     bus: Bus,
     playout: Playout,
     output: AudioOutput,
-    wakeup: _Wakeup,
+    wakeup: ThreadWakeup,
     recorder: _Recorder | None,
     publish_played: bool,
     state_interval_s: float,
