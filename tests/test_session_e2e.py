@@ -153,99 +153,105 @@ def no_license_anywhere(recorder: Recorder, caplog: pytest.LogCaptureFixture) ->
         assert LICENSE.encode() not in blob, f"license leaked on {d.topic}"
 
 
+@pytest.fixture
+async def rec(make_bus: Any, caplog: pytest.LogCaptureFixture) -> AsyncIterator[Recorder]:
+    """Every message on the bus (logs at DEBUG); afterwards, the license was in none of
+    them nor in any log record."""
+    caplog.set_level(logging.DEBUG)
+    recorder = Recorder(await make_bus("external", ""))  # "" = every topic on both planes
+    try:
+        yield recorder
+    finally:
+        await recorder.stop()
+    no_license_anywhere(recorder, caplog)
+
+
 async def test_full_conversation(
     emulator: Emulator,
     bus_settings: BusSettings,
     make_bus: Any,
     tools_stub: Any,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    rec: Recorder,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     settings = make_settings(bus_settings, emulator, tmp_path)
     with ConversationStore(settings.session.history_db_path) as store:
         store.add(Role.USER, "I booked a room last week", wall_s=time.time())
         store.add(Role.ASSISTANT, "Welcome back", wall_s=time.time())
         store.add(Role.USER, "My name is Smith", wall_s=time.time() + 1)
-    tap = await make_bus("external", "")  # "" = every topic on both planes
-    rec = Recorder(tap)
     mic = await make_bus("mic")
     display = await make_bus("display", topics.WEBRTC_REMOTE_OFFER)
-    try:
-        async with running_service("session", session_service.run, settings, license=LICENSE):
-            await rec.wait_for(is_state(SessionPhase.READY))
-            sess = emulator.sessions[0]
-            # history replay: the last user turns, oldest first, after session.created
-            assert sess.stats.history == ["I booked a room last week", "My name is Smith"]
-            assert sess.stats.declared_tools == {
-                "get_current_time",
-                "lookup_reservation",
-                "slow_tool",
-            }
+    async with running_service("session", session_service.run, settings, license=LICENSE):
+        await rec.wait_for(is_state(SessionPhase.READY))
+        sess = emulator.sessions[0]
+        # history replay: the last user turns, oldest first, after session.created
+        assert sess.stats.history == ["I booked a room last week", "My name is Smith"]
+        assert sess.stats.declared_tools == {
+            "get_current_time",
+            "lookup_reservation",
+            "slow_tool",
+        }
 
-            # WebRTC: the server's offer reaches the display; its answer reaches the server
-            offer = await display.recv()
-            assert isinstance(offer.msg, SdpMessage) and "a=candidate" in offer.msg.sdp
-            pc, drains = await answer_offer(display, offer.msg.sdp)
+        # WebRTC: the server's offer reaches the display; its answer reaches the server
+        offer = await display.recv()
+        assert isinstance(offer.msg, SdpMessage) and "a=candidate" in offer.msg.sdp
+        pc, drains = await answer_offer(display, offer.msg.sdp)
 
-            # 1) speech -> server VAD -> transcript -> tool call -> tools stub -> reply
-            speech = await emulator.tts.synthesize("What time is it?")
-            mark = len(rec.seen)
-            await speak_into_mic(mic, SILENCE[:9600] + speech + SILENCE)
-            await rec.wait_for(lambda d: isinstance(d.msg, ServerSpeech) and d.msg.started,
-                               after=mark)  # fmt: skip
-            await rec.wait_for(lambda d: d.topic == topics.CONTROL_BARGE_IN, after=mark)
-            user = await rec.wait_for(lambda d: isinstance(d.msg, UserTranscript), after=mark)
-            assert isinstance(user.msg, UserTranscript) and user.msg.text == "What time is it?"
-            call = await rec.wait_for(lambda d: isinstance(d.msg, ToolCall), after=mark)
-            assert isinstance(call.msg, ToolCall) and call.msg.name == "get_current_time"
-            result = await rec.wait_for(
-                lambda d: isinstance(d.msg, ToolResult) and d.sender == "tools", after=mark
-            )
-            assert isinstance(result.msg, ToolResult) and result.msg.ok
-            final = await rec.wait_for(
-                lambda d: isinstance(d.msg, AssistantTranscript) and d.msg.final, after=mark
-            )
-            assert isinstance(final.msg, AssistantTranscript)
-            assert final.msg.text == "It is Monday 1 January 2024, 12:00."
-            assert sess.stats.audio_bytes > len(speech)  # the mic audio reached the server
+        # 1) speech -> server VAD -> transcript -> tool call -> tools stub -> reply
+        speech = await emulator.tts.synthesize("What time is it?")
+        mark = len(rec.seen)
+        await speak_into_mic(mic, SILENCE[:9600] + speech + SILENCE)
+        await rec.wait_for(lambda d: isinstance(d.msg, ServerSpeech) and d.msg.started,
+                           after=mark)  # fmt: skip
+        await rec.wait_for(lambda d: d.topic == topics.CONTROL_BARGE_IN, after=mark)
+        user = await rec.wait_for(lambda d: isinstance(d.msg, UserTranscript), after=mark)
+        assert isinstance(user.msg, UserTranscript) and user.msg.text == "What time is it?"
+        call = await rec.wait_for(lambda d: isinstance(d.msg, ToolCall), after=mark)
+        assert isinstance(call.msg, ToolCall) and call.msg.name == "get_current_time"
+        result = await rec.wait_for(
+            lambda d: isinstance(d.msg, ToolResult) and d.sender == "tools", after=mark
+        )
+        assert isinstance(result.msg, ToolResult) and result.msg.ok
+        final = await rec.wait_for(
+            lambda d: isinstance(d.msg, AssistantTranscript) and d.msg.final, after=mark
+        )
+        assert isinstance(final.msg, AssistantTranscript)
+        assert final.msg.text == "It is Monday 1 January 2024, 12:00."
+        assert sess.stats.audio_bytes > len(speech)  # the mic audio reached the server
 
-            # 2) a tool that never answers: explicit error output after its 300 ms timeout
-            speech = await emulator.tts.synthesize("Please run the slow thing.")
-            mark = len(rec.seen)
-            await speak_into_mic(mic, speech + SILENCE)
-            err = await rec.wait_for(
-                lambda d: isinstance(d.msg, ToolResult) and d.sender == "session", after=mark
-            )
-            assert isinstance(err.msg, ToolResult) and not err.msg.ok
-            assert err.msg.error is not None and err.msg.error.category.value == "timeout"
-            final = await rec.wait_for(
-                lambda d: isinstance(d.msg, AssistantTranscript) and d.msg.final, after=mark
-            )
-            assert isinstance(final.msg, AssistantTranscript)
-            assert final.msg.text.startswith("Sorry, that did not work: tool 'slow_tool'")
+        # 2) a tool that never answers: explicit error output after its 300 ms timeout
+        speech = await emulator.tts.synthesize("Please run the slow thing.")
+        mark = len(rec.seen)
+        await speak_into_mic(mic, speech + SILENCE)
+        err = await rec.wait_for(
+            lambda d: isinstance(d.msg, ToolResult) and d.sender == "session", after=mark
+        )
+        assert isinstance(err.msg, ToolResult) and not err.msg.ok
+        assert err.msg.error is not None and err.msg.error.category.value == "timeout"
+        final = await rec.wait_for(
+            lambda d: isinstance(d.msg, AssistantTranscript) and d.msg.final, after=mark
+        )
+        assert isinstance(final.msg, AssistantTranscript)
+        assert final.msg.text.startswith("Sorry, that did not work: tool 'slow_tool'")
 
-            # 3) typed text: a user item + response.create
-            mark = len(rec.seen)
-            mic.publish(topics.INPUT_TEXT, TextInput(text="hello"))
-            final = await rec.wait_for(
-                lambda d: isinstance(d.msg, AssistantTranscript) and d.msg.final, after=mark
-            )
-            assert isinstance(final.msg, AssistantTranscript) and final.msg.text == "Hi there."
+        # 3) typed text: a user item + response.create
+        mark = len(rec.seen)
+        mic.publish(topics.INPUT_TEXT, TextInput(text="hello"))
+        final = await rec.wait_for(
+            lambda d: isinstance(d.msg, AssistantTranscript) and d.msg.final, after=mark
+        )
+        assert isinstance(final.msg, AssistantTranscript) and final.msg.text == "Hi there."
 
-            assert "connected" in sess.rtc_states
-            assert sess.stats.order_violations == []
-            await pc.close()
-            for t in drains:
-                t.cancel()
-    finally:
-        await rec.stop()
+        assert "connected" in sess.rtc_states
+        assert sess.stats.order_violations == []
+        await pc.close()
+        for t in drains:
+            t.cancel()
     with ConversationStore(settings.session.history_db_path) as store:
         turns = [(t.role, t.text) for t in store.turns()]
     assert (Role.USER, "What time is it?") in turns
     assert (Role.ASSISTANT, "It is Monday 1 January 2024, 12:00.") in turns
     assert (Role.USER, "hello") in turns
-    no_license_anywhere(rec, caplog)
 
 
 async def answer_offer(display: Bus, sdp: str) -> tuple[Any, list[asyncio.Task[None]]]:
@@ -277,30 +283,22 @@ async def answer_offer(display: Bus, sdp: str) -> tuple[Any, list[asyncio.Task[N
 async def test_drop_then_reconnect_and_replay(
     emulator: Emulator,
     bus_settings: BusSettings,
-    make_bus: Any,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    rec: Recorder,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     license = LICENSE + "-drop1"  # the emulator drops every session after 1 s
     settings = make_settings(bus_settings, emulator, tmp_path, catalog_wait_ms=0)
     with ConversationStore(settings.session.history_db_path) as store:
         store.add(Role.USER, "remember me", wall_s=time.time())
-    tap = await make_bus("external", "")  # "" = every topic on both planes
-    rec = Recorder(tap)
-    try:
-        async with running_service("session", session_service.run, settings, license=license):
-            await rec.wait_for(is_state(SessionPhase.READY))
-            lost = await rec.wait_for(
-                lambda d: is_state(SessionPhase.CLOSED)(d) and d.msg.retry_in_ms is not None
-            )
-            assert isinstance(lost.msg, SessionState) and "dropped" in lost.msg.detail
-            second = await emulator.wait_sessions(2, TIMEOUT)
-            await rec.wait_for(is_state(SessionPhase.READY), after=rec.seen.index(lost))
-            assert second.stats.history == ["remember me"]  # replayed again after reconnect
-    finally:
-        await rec.stop()
-    no_license_anywhere(rec, caplog)
+    async with running_service("session", session_service.run, settings, license=license):
+        await rec.wait_for(is_state(SessionPhase.READY))
+        lost = await rec.wait_for(
+            lambda d: is_state(SessionPhase.CLOSED)(d) and d.msg.retry_in_ms is not None
+        )
+        assert isinstance(lost.msg, SessionState) and "dropped" in lost.msg.detail
+        second = await emulator.wait_sessions(2, TIMEOUT)
+        await rec.wait_for(is_state(SessionPhase.READY), after=rec.seen.index(lost))
+        assert second.stats.history == ["remember me"]  # replayed again after reconnect
 
 
 @pytest.mark.parametrize("fault", ["reject", "nobalance"])
@@ -308,31 +306,24 @@ async def test_permanent_failure_does_not_retry(
     fault: str,
     emulator: Emulator,
     bus_settings: BusSettings,
-    make_bus: Any,
     tmp_path: Path,
+    rec: Recorder,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.DEBUG)
     settings = make_settings(bus_settings, emulator, tmp_path, catalog_wait_ms=0)
-    tap = await make_bus("external", "")  # "" = every topic on both planes
-    rec = Recorder(tap)
-    try:
-        async with running_service(
-            "session", session_service.run, settings, license=f"{fault}-{LICENSE}"
-        ):
-            failed = await rec.wait_for(is_state(SessionPhase.FAILED))
-            assert isinstance(failed.msg, SessionState)
-            # a retry would come within reconnect_max_s (0.2 s); watch three more periodic
-            # session.state messages (state_interval_s = 0.2 s) and the emulator's sessions
-            after = rec.seen.index(failed)
-            for _ in range(3):
-                d = await rec.wait_for(lambda d: isinstance(d.msg, SessionState), after=after + 1)
-                after = rec.seen.index(d)
-                assert isinstance(d.msg, SessionState) and d.msg.phase is SessionPhase.FAILED
-            assert len(emulator.sessions) == 1
-    finally:
-        await rec.stop()
-    no_license_anywhere(rec, caplog)
+    async with running_service(
+        "session", session_service.run, settings, license=f"{fault}-{LICENSE}"
+    ):
+        failed = await rec.wait_for(is_state(SessionPhase.FAILED))
+        assert isinstance(failed.msg, SessionState)
+        # a retry would come within reconnect_max_s (0.2 s); watch three more periodic
+        # session.state messages (state_interval_s = 0.2 s) and the emulator's sessions
+        after = rec.seen.index(failed)
+        for _ in range(3):
+            d = await rec.wait_for(lambda d: isinstance(d.msg, SessionState), after=after + 1)
+            after = rec.seen.index(d)
+            assert isinstance(d.msg, SessionState) and d.msg.phase is SessionPhase.FAILED
+        assert len(emulator.sessions) == 1
     assert any(
         "not retrying" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records
     )
@@ -357,6 +348,7 @@ async def test_calls_held_by_a_dead_tools_process_are_answered_at_once(
     bus_settings: BusSettings,
     make_bus: Any,
     tmp_path: Path,
+    rec: Recorder,
 ) -> None:
     """The tools process dies with a call running (60 s timeout); the supervisor starts a
     new one. The session sees the new pid in its heartbeats and answers the call with an
@@ -366,7 +358,6 @@ async def test_calls_held_by_a_dead_tools_process_are_answered_at_once(
     config = tools_config(tmp_path / "tools.toml", bus_settings, module)
     log = tmp_path / "tools.log"
     settings = make_settings(bus_settings, emulator, tmp_path)
-    rec = Recorder(await make_bus("external", ""))
     kiosk = await make_bus("kiosk")
     proc = spawn_tools(config, log)
     try:
@@ -396,7 +387,6 @@ async def test_calls_held_by_a_dead_tools_process_are_answered_at_once(
             assert isinstance(final.msg, AssistantTranscript)
             assert final.msg.text.startswith("Sorry, that did not work: the tools process died")
     finally:
-        await rec.stop()
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(proc.wait, 10)
