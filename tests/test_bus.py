@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 
 import pytest
@@ -23,7 +22,7 @@ from agent.messages import (
     UserTranscript,
     encode_envelope,
 )
-from tests.conftest import MakeBus
+from tests.conftest import MakeBus, free_port
 
 PCM = bytes(range(256)) * 3 + bytes(192)  # 960 bytes = 20 ms at 24 kHz mono
 
@@ -48,14 +47,8 @@ async def test_ipc_roundtrip_keeps_type_envelope_and_payload(make_bus: MakeBus) 
     assert before <= d.mono_ns <= time.monotonic_ns()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_tcp_loopback_proxy() -> None:
-    ports = [_free_port() for _ in range(4)]
+    ports = [free_port() for _ in range(4)]
     settings = BusSettings(
         control=ControlPlane(
             publish=f"tcp://127.0.0.1:{ports[0]}", subscribe=f"tcp://127.0.0.1:{ports[1]}", hwm=1000

@@ -21,7 +21,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,7 @@ from agent.messages import (
     VideoStats,
 )
 from agent.video.peer import sdp_candidate_addresses
-from tests.conftest import ipc_bus_settings
+from tests.conftest import free_port, ipc_bus_settings
 from tests.supervisor_helpers import alive, bus_toml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -69,12 +68,6 @@ reply = "Hello there! I am Leo, and I can see you very well today."
 match = "again"
 reply = "Here I am again, back on a fresh connection, and still talking."
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rms(pcm: bytes) -> float:
@@ -251,7 +244,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     )
     result = Run(out=out)
     env = {k: v for k, v in os.environ.items() if k != "NAVTALK_LICENSE"}  # the emulator's own
-    port = _free_port()
+    port = free_port()
     argv = [sys.executable, "-m", "agent", "run", "--config", str(config),
             "--only", "session", "display", "speaker",
             "--set", f"emulator.port={port}", "--set", "emulator.embedded=true"]  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -27,9 +27,8 @@ from tests.audio_fixtures import (
     make_speech,
     write_wav,
 )
-from tests.conftest import ipc_bus_settings, running_service
+from tests.conftest import MakeBus, ipc_bus_settings, running_service
 
-MakeBus = Callable[..., Awaitable[Bus]]
 RATE = 24_000
 FRAME = 480
 PULSE = "pulse"

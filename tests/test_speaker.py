@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import wave
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -26,9 +26,8 @@ from tests.audio_fixtures import (
     VirtualFiles,
     make_speech,
 )
-from tests.conftest import running_service
+from tests.conftest import MakeBus, running_service
 
-MakeBus = Callable[..., Awaitable[Bus]]
 RATE = 24_000
 PULSE = "pulse"  # the PortAudio device of the PulseAudio null sink (fixture pulse_audio)
 

@@ -14,6 +14,7 @@ import pytest
 
 from agent.bus import Bus
 from agent.supervisor import RestartPolicy
+from tests.conftest import free_port
 from tests.supervisor_helpers import (
     alive,
     bus_toml,
@@ -41,15 +42,9 @@ def test_restart_policy_forgets_old_crashes_and_resets_after_stable_run() -> Non
     assert p.on_exit(now=200.0, ran_for_s=60.0) == 1.0  # ran a long time: backoff reset
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def metrics_port() -> int:
-    return _free_port()
+    return free_port()
 
 
 @pytest.fixture

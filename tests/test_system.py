@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import wave
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from agent.demo import run_demo
+from tests.conftest import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -25,12 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "fixtures" / "system-script.toml"
 TIMELINE = (6.0, 14.5, 28.5, 34.0, 42.0)
 LICENSE = "SYSTEM-TEST-LICENSE-7f3a9c1e5b"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _speech_envelope(path: Path, hop_s: float = 0.04) -> tuple[np.ndarray, float]:
@@ -81,7 +75,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
     out = tmp_path_factory.mktemp("system") / "out"
     bus_dir = tempfile.mkdtemp(prefix="nts-")
-    port = _free_port()
+    port = free_port()
     overrides = [
         f'bus.control.publish="ipc://{bus_dir}/c-in"',
         f'bus.control.subscribe="ipc://{bus_dir}/c-out"',
