@@ -38,10 +38,44 @@ class ErrorCategory(enum.StrEnum):
     DEVICE = "device"  # local hardware
 
 
-def error_output(category: ErrorCategory, message: str) -> str:
+#: What the model is told when there is nothing better to say (or nothing it may hear).
+GENERIC_MESSAGES: dict[ErrorCategory, str] = {
+    ErrorCategory.INVALID_ARGUMENTS: "the arguments were not valid for this tool",
+    ErrorCategory.HANDLER_ERROR: "the tool failed",
+    ErrorCategory.TIMEOUT: "the tool did not answer in time",
+    ErrorCategory.UNAVAILABLE: "the tool is not available right now",
+    ErrorCategory.UNKNOWN_TOOL: "there is no tool with that name",
+    ErrorCategory.BAD_OUTPUT: "the tool returned a result that could not be used",
+    ErrorCategory.CLOUD: "the cloud service failed",
+    ErrorCategory.DEVICE: "a device the tool needs is not working",
+}
+
+MAX_MODEL_MESSAGE_CHARS = 400  # an error message the model reads is cut here
+
+
+def model_message(category: ErrorCategory, message: str = "") -> str:
+    """The text the model reads for an error: ``message`` on one line, at most
+    :data:`MAX_MODEL_MESSAGE_CHARS` long, or the category's generic text if it is empty.
+
+    Only messages written for the model belong here (validation errors, a
+    :class:`ToolError` a plugin raised on purpose); an exception's own text never does:
+    it may name devices, paths or hosts. Those get ``GENERIC_MESSAGES`` and the log.
+    """
+    text = " ".join(message.split())
+    if not text:
+        return GENERIC_MESSAGES.get(category, "the tool failed")
+    if len(text) > MAX_MODEL_MESSAGE_CHARS:
+        text = text[: MAX_MODEL_MESSAGE_CHARS - 1] + "\u2026"
+    return text
+
+
+def error_output(category: ErrorCategory, message: str = "") -> str:
     """What the model reads for a failed tool call: ``{"error": {"category", "message"}}``
-    (the ``function_call_output`` string, and the ``output_json`` of an error result)."""
-    return json.dumps({"error": {"category": category.value, "message": message}})
+    (the ``function_call_output`` string, and the ``output_json`` of an error result).
+    The message goes through :func:`model_message`: one short line, generic when empty."""
+    return json.dumps(
+        {"error": {"category": category.value, "message": model_message(category, message)}}
+    )
 
 
 class NavtalkAgentError(Exception):

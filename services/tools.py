@@ -8,10 +8,18 @@
 
 - ``tool.catalog`` is published on start, on every ``tool.describe``, and when the
   session enters ``connecting`` or ``connected`` (so a session that missed the first one,
-  a slow joiner, still gets it before it declares the tools).
-- Each ``tool.call`` runs as its own task: a slow tool never delays another call. Every
-  call gets exactly one ``tool.result`` (see :class:`agent.tools.callbook.CallBook`),
-  including calls still running when the service stops (``unavailable``).
+  a slow joiner, still gets it before it declares the tools). Requests are paced
+  (:class:`agent.tools.flood.Pacer`): a flood of ``tool.describe`` gets one catalog per
+  :data:`CATALOG_INTERVAL_S`, and every request is answered.
+- Each ``tool.call`` is first checked on the loop (call id, name, arguments bounded in
+  size and depth: :meth:`ToolRunner.prepare`); a call that cannot run is answered at
+  once with an error result. The others run as their own task: a slow tool never delays
+  another call, and the tool's own timeout is enforced here. Every call id gets exactly
+  one ``tool.result`` (see :class:`agent.tools.callbook.CallBook`): duplicates are
+  dropped, a crashing handler is answered (``handler_error``, a generic message; the
+  detail is logged with the call id), and so are calls still running when the service
+  stops (``unavailable``). Refused calls and duplicates are counted (``metrics.tools``)
+  and logged once per burst and sender, never per message.
 - If this process dies (SIGKILL, OOM), the results of its running calls are produced by
   the session's pending-call bookkeeping (``agent/navtalk/pending.py``), and the
   supervisor restarts this process.
@@ -31,7 +39,7 @@ from typing import Any
 from agent import topics
 from agent.bus import Bus
 from agent.config import Settings
-from agent.errors import BusError
+from agent.errors import BusError, ErrorCategory
 from agent.messages import (
     Message,
     Metrics,
@@ -42,15 +50,18 @@ from agent.messages import (
     ToolResult,
 )
 from agent.tools.callbook import CallBook, Verdict
+from agent.tools.flood import BurstLog, Pacer
 from agent.tools.plugin import Camera, LazyCamera, Tool, ToolContext
 from agent.tools.registry import ToolRegistry, discover
-from agent.tools.runner import ToolRunner
+from agent.tools.runner import Prepared, ToolRunner, check_call, error_result
 
 __all__ = ["run"]
 
 log = logging.getLogger(__name__)
 
 METRICS_INTERVAL_S = 5.0
+CATALOG_INTERVAL_S = 0.25  # at most one catalog per interval after the first of a burst
+REFUSED_LOG_WINDOW_S = 10.0  # refused calls: one log line per kind and sender per window
 _CATALOG_PHASES = frozenset({SessionPhase.CONNECTING, SessionPhase.CONNECTED})
 
 
@@ -108,53 +119,89 @@ async def run(
         make_context=make_context,
     )
     book = CallBook()
+    refused_log: BurstLog[tuple[str, str]] = BurstLog(REFUSED_LOG_WINDOW_S)
+    pacer = Pacer(CATALOG_INTERVAL_S)
     tasks: dict[str, asyncio.Task[None]] = {}
     last_phase: SessionPhase | None = None
 
-    def publish_catalog(why: str) -> None:
+    def send_catalog(why: str) -> None:
+        pacer.answered(time.monotonic())
         catalog = registry.catalog()
-        bus.publish(topics.TOOL_CATALOG, catalog)
+        try:
+            bus.publish(topics.TOOL_CATALOG, catalog)
+        except BusError as exc:  # closing
+            log.warning("tool.catalog not sent: %s", exc)
+            return
         log.info("> tool.catalog (%s): %d tool(s)", why, len(catalog.tools))
 
-    async def answer(call: ToolCall) -> None:
+    def want_catalog(why: str) -> None:
+        delay = pacer.request(time.monotonic())
+        if delay == 0.0:
+            send_catalog(why)
+        elif delay is not None:
+            loop.call_later(delay, send_catalog, f"{why}, paced")
+
+    def refused(kind: str, sender: str, call: ToolCall, why: str) -> None:
+        left_out = refused_log.hit((kind, sender), time.monotonic())
+        if left_out is None:
+            return
+        more = f" ({left_out} more like it since the last line)" if left_out else ""
+        log.warning(
+            "< tool.call %.64r %.64r from %s: %s%s", call.call_id, call.name, sender, why, more
+        )
+
+    async def answer(prepared: Prepared) -> None:
+        call = prepared.call
         started = time.perf_counter()
-        result = await runner.run(call)
+        try:
+            result = await runner.execute(prepared)
+        except Exception:  # execute() never raises; should it ever, the call is still answered
+            log.exception("tools: call %s %s failed outside its handler", call.call_id, call.name)
+            result = error_result(call, ErrorCategory.HANDLER_ERROR)
         if book.on_result(result):
             _publish_result(bus, result, (time.perf_counter() - started) * 1000)
 
-    def on_call(call: ToolCall) -> None:
-        decision = book.on_call(call)
-        if decision.verdict is Verdict.DUPLICATE:
-            log.info(
-                "< tool.call %s %s: duplicate of a running call, ignored", call.call_id, call.name
-            )
-            return
-        if decision.verdict is Verdict.REPLAY:
-            assert decision.result is not None
-            log.info(
-                "< tool.call %s %s: answered already, result sent again", call.call_id, call.name
-            )
-            _publish_result(bus, decision.result, 0.0)
+    def on_call(call: ToolCall, sender: str) -> None:
+        booked = check_call(call) is None  # a malformed id is answered, never remembered
+        if booked:
+            decision = book.on_call(call)
+            if decision.verdict is Verdict.DUPLICATE:
+                state = "answered already" if decision.answered else "still running"
+                refused("duplicate", sender, call, f"duplicate of a call {state}: dropped")
+                return
+        outcome = runner.prepare(call)
+        if isinstance(outcome, ToolResult):
+            if booked:
+                book.on_result(outcome)
+            _publish_result(bus, outcome, 0.0, quiet=True)
+            assert outcome.error is not None
+            refused(outcome.error.category, sender, call, outcome.error.message)
             return
         log.info("< tool.call %s %s", call.call_id, call.name)
         log.debug("< tool.call %s arguments %.500s", call.call_id, call.arguments_json)
-        task = asyncio.create_task(answer(call), name=f"tool-{call.name}-{call.call_id}")
+        task = asyncio.create_task(answer(outcome), name=f"tool-{call.name}-{call.call_id}")
         tasks[call.call_id] = task
         task.add_done_callback(functools.partial(_task_done, tasks, call.call_id))
 
-    metrics = asyncio.create_task(_metrics_loop(bus, runner, book), name="tools-metrics")
+    def flush_refused() -> None:
+        for (kind, sender), left_out in refused_log.flush(time.monotonic()):
+            log.warning("< tool.call from %s: %d more %s call(s) refused", sender, left_out, kind)
+
+    metrics = asyncio.create_task(
+        _metrics_loop(bus, runner, book, refused_log, pacer, flush_refused), name="tools-metrics"
+    )
     try:
-        publish_catalog("start")
+        want_catalog("start")
         async for delivery in bus:
             msg = delivery.msg
             try:
                 if isinstance(msg, ToolCall):
-                    on_call(msg)
+                    on_call(msg, delivery.sender)
                 elif isinstance(msg, ToolDescribe):
-                    publish_catalog(f"tool.describe from {delivery.sender}")
+                    want_catalog(f"tool.describe from {delivery.sender}")
                 elif isinstance(msg, SessionState):
                     if msg.phase is not last_phase and msg.phase in _CATALOG_PHASES:
-                        publish_catalog(f"session {msg.phase}")
+                        want_catalog(f"session {msg.phase}")
                     last_phase = msg.phase
             except Exception:  # never die on one bad message
                 log.exception("tools: failed to handle %s from %s", delivery.topic, delivery.sender)
@@ -172,8 +219,11 @@ async def run(
             await asyncio.to_thread(_close_quietly, shared_camera)
 
 
-def _publish_result(bus: Bus, result: ToolResult, elapsed_ms: float) -> None:
+def _publish_result(bus: Bus, result: ToolResult, elapsed_ms: float, quiet: bool = False) -> None:
+    """Publish a result; ``quiet``: no log line (refused calls are logged once per burst)."""
     bus.publish(topics.TOOL_RESULT, result)
+    if quiet:
+        return
     if result.ok:
         log.info("> tool.result %s %s ok in %.1f ms", result.call_id, result.name, elapsed_ms)
     else:
@@ -209,14 +259,26 @@ def _close_quietly(camera: LazyCamera) -> None:
         log.exception("closing the camera failed")
 
 
-async def _metrics_loop(bus: Bus, runner: ToolRunner, book: CallBook) -> None:
+async def _metrics_loop(
+    bus: Bus,
+    runner: ToolRunner,
+    book: CallBook,
+    refused_log: BurstLog[tuple[str, str]],
+    pacer: Pacer,
+    flush: Callable[[], None],
+) -> None:
     while True:
         await asyncio.sleep(METRICS_INTERVAL_S)
+        flush()
         stats = runner.stats
         values: dict[str, Any] = {
             "calls": stats.calls,
             "ok": stats.ok,
             "running": len(book.running),
+            "duplicates": book.duplicates,
+            "refused": sum(refused_log.total.values()),
+            "catalog_requests": pacer.requests,
+            "catalogs": pacer.answers,
             "stuck_threads": stats.stuck_threads,
             "abandoned_tasks": stats.abandoned_tasks,
             "busy_threads": runner.threads.busy,

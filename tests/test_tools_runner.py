@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agent.errors import DeviceError, ErrorCategory, ToolError
 from agent.messages import ToolCall, ToolResult
 from agent.tools import Tool, ToolContext, tool
-from agent.tools.callbook import CallBook, Verdict
+from agent.tools.callbook import CallBook, Decision, Verdict
 from agent.tools.runner import ToolRunner, effective_timeout_s
 
 T = 0.2  # the tool timeout used in these tests, seconds
@@ -94,7 +95,7 @@ async def test_unknown_tool_and_invalid_arguments() -> None:
     await runner.aclose()
 
 
-async def test_exceptions_are_categorized() -> None:
+async def test_exceptions_are_categorized(caplog: pytest.LogCaptureFixture) -> None:
     @tool
     def boom() -> None:
         """Raise."""
@@ -113,18 +114,115 @@ async def test_exceptions_are_categorized() -> None:
     @tool
     def no_device() -> None:
         """No device."""
-        raise DeviceError("camera unplugged")
+        raise DeviceError("controller on /dev/ttyUSB0 did not answer")
 
     runner = make_runner(boom, boom_async, refuse, no_device)
-    r = await runner.run(call("boom"))
-    assert category(r) is ErrorCategory.HANDLER_ERROR and "KeyError: 'room 12'" in r.output_json
-    r = await runner.run(call("boom_async"))
-    assert category(r) is ErrorCategory.HANDLER_ERROR and "elevator offline" in r.output_json
+    caplog.set_level("INFO", logger="agent.tools.runner")
+    r = await runner.run(call("boom", call_id="k1"))
+    assert category(r) is ErrorCategory.HANDLER_ERROR and r.error is not None
+    assert json.loads(r.output_json)["error"]["message"] == "the tool failed"
+    assert r.error.message == "the tool failed"  # what the session sends to the model
+    r = await runner.run(call("boom_async", call_id="k2"))
+    assert category(r) is ErrorCategory.HANDLER_ERROR
+    assert "elevator" not in r.output_json and "elevator" not in repr(r.error)
     r = await runner.run(call("refuse"))
     assert category(r) is ErrorCategory.UNAVAILABLE and r.error is not None and r.error.retryable
     assert json.loads(r.output_json)["error"]["message"] == "the door is locked after 22:00"
-    r = await runner.run(call("no_device"))
-    assert category(r) is ErrorCategory.DEVICE and "camera unplugged" in r.output_json
+    r = await runner.run(call("no_device", call_id="k3"))
+    assert category(r) is ErrorCategory.DEVICE and r.error is not None
+    assert "ttyUSB0" not in r.output_json and "ttyUSB0" not in r.error.message
+    assert json.loads(r.output_json)["error"]["message"] == "a device the tool needs is not working"
+    # the detail is in the log, with the call id
+    logged = {rec.getMessage(): rec for rec in caplog.records}
+    boom_line = next(m for m in logged if "call k1" in m)
+    assert logged[boom_line].exc_info is not None and "room 12" in caplog.text
+    assert any("call k2" in m for m in logged) and "elevator offline" in caplog.text
+    assert any("call k3" in m and "/dev/ttyUSB0 did not answer" in m for m in logged)
+    await runner.aclose()
+
+
+async def test_system_exit_in_a_handler_is_an_error_not_an_exit() -> None:
+    """sys.exit() in a plugin: asyncio would re-raise it out of the loop (the process ends)."""
+
+    @tool
+    async def exits_async() -> None:
+        """Exit, async."""
+        await asyncio.sleep(0)
+        raise SystemExit(3)
+
+    @tool
+    def exits() -> None:
+        """Exit."""
+        raise SystemExit(4)
+
+    @tool
+    async def exits_at_once() -> None:
+        """Exit before the first await."""
+        raise KeyboardInterrupt
+
+    runner = make_runner(exits_async, exits, exits_at_once)
+    for name in ("exits_async", "exits", "exits_at_once"):
+        r = await runner.run(call(name))
+        assert category(r) is ErrorCategory.HANDLER_ERROR, name
+        assert json.loads(r.output_json)["error"]["message"] == "the tool failed"
+    assert (await runner.run(call("exits"))).error is not None  # still running
+    await runner.aclose()
+
+
+async def test_hostile_calls_are_refused_before_any_handler_runs() -> None:
+    ran: list[str] = []
+
+    @tool
+    def record(items: list[Any]) -> int:
+        """Record."""
+        ran.append("record")
+        return len(items)
+
+    runner = make_runner(record)
+    deep = '{"items": ' + "[" * 1000 + "]" * 1000 + "}"
+    cases = {
+        "deep": (call("record", call_id="d"), ErrorCategory.INVALID_ARGUMENTS, "nested 1001"),
+        "huge": (
+            ToolCall(call_id="h", name="record", arguments_json='{"items": ["' + "x" * 70_000),
+            ErrorCategory.INVALID_ARGUMENTS,
+            "the limit is 65536",
+        ),
+        "long name": (call("x" * 10_000), ErrorCategory.UNKNOWN_TOOL, "tool names are 1-64"),
+        "newline": (call("record\n"), ErrorCategory.UNKNOWN_TOOL, "tool names are 1-64"),
+        "no id": (call("record", call_id=""), ErrorCategory.INVALID_ARGUMENTS, "call id"),
+        "long id": (call("record", call_id="i" * 300), ErrorCategory.INVALID_ARGUMENTS, "call id"),
+        "not object": (call("record", [1]), ErrorCategory.INVALID_ARGUMENTS, "JSON object"),
+    }
+    cases["deep"] = (
+        ToolCall(call_id="d", name="record", arguments_json=deep),
+        *cases["deep"][1:],
+    )
+    for label, (c, expected, needle) in cases.items():
+        started = time.monotonic()
+        outcome = runner.prepare(c)
+        assert time.monotonic() - started < 0.1, label
+        assert isinstance(outcome, ToolResult), label
+        assert category(outcome) is expected, label
+        assert needle in json.loads(outcome.output_json)["error"]["message"], label
+        assert len(outcome.output_json) < 600 and len(outcome.call_id) <= 256, label
+        assert len(outcome.name) <= 64, label
+    assert ran == []
+    assert runner.stats.calls == len(cases)
+    assert (await runner.run(call("record", {"items": [[1], {"a": [2]}]}))).output_json == "2"
+    await runner.aclose()
+
+
+async def test_handler_output_nested_too_deeply_is_bad_output() -> None:
+    @tool
+    def cyclic() -> object:
+        """Return a list that contains itself."""
+        loop: list[object] = []
+        loop.append(loop)
+        return loop
+
+    runner = make_runner(cyclic)
+    r = await runner.run(call("cyclic"))
+    assert category(r) is ErrorCategory.BAD_OUTPUT and "nested too deeply" in r.output_json
     await runner.aclose()
 
 
@@ -348,12 +446,13 @@ def test_callbook_gives_one_result_per_call() -> None:
     book = CallBook(remember=2)
     c1 = call("add", {"a": 1}, call_id="1")
     assert book.on_call(c1).verdict is Verdict.RUN
-    assert book.on_call(c1).verdict is Verdict.DUPLICATE
+    assert book.on_call(c1) == Decision(Verdict.DUPLICATE, answered=False)
     result = ToolResult(call_id="1", name="add", ok=True, output_json="2")
     assert book.on_result(result)
     assert not book.on_result(result)  # a second result for one call is dropped
-    replay = book.on_call(c1)
-    assert replay.verdict is Verdict.REPLAY and replay.result == result
+    assert book.on_call(c1) == Decision(Verdict.DUPLICATE, answered=True)  # answered once
+    assert book.on_call(call("other", call_id="1")).verdict is Verdict.DUPLICATE  # any name
+    assert book.duplicates == 3
     for i in (2, 3, 4):
         book.on_call(call("add", call_id=str(i)))
     aborted = book.abort_all("stopping")

@@ -165,13 +165,12 @@ async def test_calls_get_exactly_one_result(harness: Harness) -> None:
     assert b.error is not None and b.error.category is ErrorCategory.INVALID_ARGUMENTS
     assert "Expected `str`, got `int` - at `$.text`" in b.error.message
     assert c.error is not None and c.error.category is ErrorCategory.UNKNOWN_TOOL
-    # the same call id again: the stored result, not a second run
+    # the same call ids again: answered already, so dropped (one result per call id)
     harness.call("echo", {"text": "hi"}, call_id="a")
-    again = await harness.result("a")
-    assert again == a
+    harness.call("echo", {"text": 3}, call_id="b")
     harness.call("echo", {"text": "end"}, call_id="z")
     await harness.result("z")
-    assert harness.session.stats.per_topic[topics.TOOL_RESULT] == 5  # no extra results
+    assert harness.session.stats.per_topic[topics.TOOL_RESULT] == 4  # no extra results
 
 
 async def test_builtin_set_volume_and_end_conversation(harness: Harness) -> None:
@@ -246,7 +245,8 @@ async def test_take_photo_without_camera_is_a_device_error(bus_settings: BusSett
             d = await session.recv()
         assert isinstance(d.msg, ToolResult) and d.msg.error is not None
         assert d.msg.error.category is ErrorCategory.DEVICE
-        assert "no camera configured" in d.msg.error.message
+        # a generic message for the model; the device's own words are for the log
+        assert d.msg.error.message == "the camera is not available"
     finally:
         service.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -63,7 +63,10 @@ def take_photo(ctx: ToolContext) -> dict[str, Any]:
     """
     from hardware.camera import encode_jpeg  # late: importing OpenCV takes ~100 ms
 
-    frame = ctx.camera.read()
+    try:
+        frame = ctx.camera.read()
+    except DeviceError as exc:  # its text names the device: for the log, not the model
+        raise ToolError("the camera is not available", ErrorCategory.DEVICE) from exc
     if frame.ndim not in (2, 3) or frame.size == 0:
         raise DeviceError(f"the camera returned an unusable frame of shape {frame.shape}")
     cam = ctx.settings.camera

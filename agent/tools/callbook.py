@@ -1,11 +1,12 @@
 """The tools service's bookkeeping of calls (sans-I/O): exactly one result per call id.
 
-- a call whose id is running already is a duplicate: ignored (its result is coming);
-- a call whose id was answered recently gets the same result again, without running the
-  handler twice (a caller that lost a result can ask again);
+- a call whose id is running already, or was answered recently, is a duplicate: dropped
+  (the result is coming, or went out already). A call id is answered once on the bus, so
+  whoever counts results (the session, a chaos test) sees one per call;
 - on shutdown, every call still running gets an ``unavailable`` result.
 
-No clock, no I/O: the service feeds it and publishes what it returns.
+No clock, no I/O: the service feeds it and publishes what it returns. Memory is bounded:
+only the last ``remember`` answered ids are kept (a duplicate older than that runs again).
 """
 
 from __future__ import annotations
@@ -23,30 +24,31 @@ __all__ = ["CallBook", "Decision", "Verdict"]
 
 class Verdict(enum.Enum):
     RUN = "run"  # new call: run it
-    DUPLICATE = "duplicate"  # same id is running: drop this copy
-    REPLAY = "replay"  # same id answered recently: publish the stored result again
+    DUPLICATE = "duplicate"  # same id running or answered: drop this copy
 
 
 @dataclass(frozen=True)
 class Decision:
     verdict: Verdict
-    result: ToolResult | None = None  # for REPLAY
+    answered: bool = False  # for DUPLICATE: the first copy was answered already
 
 
 class CallBook:
     """Calls in flight and recently answered, by call id."""
 
-    def __init__(self, remember: int = 256):
+    def __init__(self, remember: int = 1024):
         self._running: dict[str, ToolCall] = {}
-        self._answered: collections.OrderedDict[str, ToolResult] = collections.OrderedDict()
+        self._answered: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._remember = remember
+        self.duplicates = 0
 
     def on_call(self, call: ToolCall) -> Decision:
         if call.call_id in self._running:
+            self.duplicates += 1
             return Decision(Verdict.DUPLICATE)
-        answered = self._answered.get(call.call_id)
-        if answered is not None and answered.name == call.name:
-            return Decision(Verdict.REPLAY, answered)
+        if call.call_id in self._answered:
+            self.duplicates += 1
+            return Decision(Verdict.DUPLICATE, answered=True)
         self._running[call.call_id] = call
         return Decision(Verdict.RUN)
 
@@ -54,7 +56,7 @@ class CallBook:
         """Record a result; False if its call is not running (already answered: drop it)."""
         if self._running.pop(result.call_id, None) is None:
             return False
-        self._answered[result.call_id] = result
+        self._answered[result.call_id] = None
         while len(self._answered) > self._remember:
             self._answered.popitem(last=False)
         return True

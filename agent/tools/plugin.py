@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import msgspec
 
-from agent.errors import DeviceError
+from agent.errors import ErrorCategory, ToolError
 from agent.messages import Message, ToolSpec
 from agent.tools.schema import (
     Param,
@@ -70,7 +70,7 @@ __all__ = [
     "tool",
 ]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")  # whole name: use fullmatch
 
 
 class Publish(Protocol):
@@ -91,7 +91,8 @@ class LazyCamera:
     """The camera shared by every tool: opened on first read, one reader at a time.
 
     ``opener`` is called (once, under a lock) when a frame is first wanted; it raises
-    :class:`DeviceError` when there is no camera. Safe to use from handler threads.
+    :class:`DeviceError` when the camera cannot be opened (``ToolError`` with category
+    ``device`` when there is none at all). Safe to use from handler threads.
     """
 
     def __init__(self, opener: Callable[[], Camera] | None):
@@ -103,7 +104,7 @@ class LazyCamera:
         with self._lock:
             if self._camera is None:
                 if self._opener is None:
-                    raise DeviceError("no camera is configured on this device")
+                    raise ToolError("no camera is configured on this device", ErrorCategory.DEVICE)
                 self._camera = self._opener()
             return self._camera.read()
 
@@ -132,7 +133,7 @@ class ToolContext:
 
     @property
     def camera(self) -> Camera:
-        """The device camera (opened on first read; DeviceError when there is none)."""
+        """The device camera (opened on first read; DeviceError or ToolError when there is none)."""
         return self._camera
 
 
@@ -206,7 +207,7 @@ def make_tool(
 ) -> Tool:
     """The function behind :func:`tool`."""
     tool_name: str = name or str(getattr(fn, "__name__", ""))
-    if not _NAME_RE.match(tool_name):
+    if not NAME_RE.fullmatch(tool_name):
         raise ToolDefinitionError(
             f"tool name {tool_name!r} must be 1-64 letters, digits, '_' or '-'"
         )

@@ -2,14 +2,23 @@
 
 .. code-block:: text
 
-    ToolCall ──▶ lookup ──▶ validate ──▶ run (thread or task, timeout) ──▶ encode ──▶ ToolResult
-                   │            │                 │                          │
-              unknown_tool  invalid_arguments  handler_error / timeout /   bad_output
-                                               device / unavailable
+    ToolCall ─▶ check ─▶ lookup ─▶ validate ─▶ run (thread or task, timeout) ─▶ encode ─▶ ToolResult
+                  │         │          │                 │                        │
+          invalid_arguments │  invalid_arguments  handler_error / timeout /   bad_output
+          / unknown_tool  unknown_tool              device / unavailable
 
-The decisions (lookup, validation, timeout choice, error classification, output
-encoding) are plain functions; :class:`ToolRunner` is the thin async part that
-runs handlers. :meth:`ToolRunner.run` never raises for anything a tool does.
+:meth:`ToolRunner.prepare` is the synchronous part (shape of the call, lookup, bounded
+validation): a call it refuses is answered at once, without a task. The decisions
+(timeout choice, error classification, output encoding) are plain functions;
+:meth:`ToolRunner.execute` is the thin async part that runs handlers.
+:meth:`ToolRunner.run` (prepare, then execute) never raises for anything a tool or a
+caller does: every call ends in exactly one :class:`ToolResult`.
+
+What the model reads is written for it: validation errors name the field; a
+:class:`ToolError` a plugin raised on purpose keeps its message; any other
+exception becomes a generic message (``the tool failed``, ``a device the tool needs
+is not working``) and its text and traceback go to the log with the call id,
+because an exception's text may name devices, paths or hosts and is read aloud.
 
 Sync handlers run in :class:`HandlerThreads`, a bounded pool of daemon threads,
 so a slow tool does not block others. Python cannot kill a thread: a sync
@@ -34,21 +43,32 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from agent.errors import DeviceError, ErrorCategory, NavtalkAgentError, ToolError, error_output
+from agent.errors import (
+    GENERIC_MESSAGES,
+    DeviceError,
+    ErrorCategory,
+    NavtalkAgentError,
+    ToolError,
+    error_output,
+    model_message,
+)
 from agent.messages import ErrorInfo, Message, ToolCall, ToolResult
-from agent.tools.plugin import LazyCamera, Tool, ToolContext
+from agent.tools.plugin import NAME_RE, LazyCamera, Tool, ToolContext
 from agent.tools.schema import ArgumentsError, validate_arguments
 
 __all__ = [
+    "MAX_CALL_ID_CHARS",
     "HandlerThreads",
+    "Prepared",
     "RunnerStats",
     "ToolRunner",
+    "check_call",
     "classify_exception",
     "effective_timeout_s",
     "encode_output",
@@ -56,6 +76,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+MAX_CALL_ID_CHARS = 256  # NavTalk's call ids are ~30 characters
 
 _RETRYABLE = frozenset({ErrorCategory.TIMEOUT, ErrorCategory.UNAVAILABLE, ErrorCategory.DEVICE})
 
@@ -69,15 +91,38 @@ class BadOutputError(NavtalkAgentError):
 # --- the decisions (pure) ---------------------------------------------------------------------
 
 
-def error_result(call: ToolCall, category: ErrorCategory, message: str) -> ToolResult:
-    """An error result for ``call``; the output tells the model what happened."""
+def error_result(call: ToolCall, category: ErrorCategory, message: str = "") -> ToolResult:
+    """An error result for ``call``; the output tells the model what happened.
+
+    ``message`` must be fit for the model (see :func:`agent.errors.model_message`); ""
+    gives the category's generic text. The call id and name are cut to their limits, so
+    a hostile call is never echoed at length.
+    """
+    text = model_message(category, message)
     return ToolResult(
-        call_id=call.call_id,
-        name=call.name,
+        call_id=call.call_id[:MAX_CALL_ID_CHARS],
+        name=call.name[:64],
         ok=False,
-        output_json=error_output(category, message),
-        error=ErrorInfo(category=category, message=message, retryable=category in _RETRYABLE),
+        output_json=error_output(category, text),
+        error=ErrorInfo(category=category, message=text, retryable=category in _RETRYABLE),
     )
+
+
+def check_call(call: ToolCall) -> ToolResult | None:
+    """An error result for a call whose id or tool name cannot be genuine; None if fine."""
+    if not call.call_id or len(call.call_id) > MAX_CALL_ID_CHARS:
+        return error_result(
+            call,
+            ErrorCategory.INVALID_ARGUMENTS,
+            f"the call id must be 1 to {MAX_CALL_ID_CHARS} characters, not {len(call.call_id)}",
+        )
+    if not NAME_RE.fullmatch(call.name):
+        return error_result(
+            call,
+            ErrorCategory.UNKNOWN_TOOL,
+            f"no tool named {call.name[:64]!r}: tool names are 1-64 letters, digits, '_' or '-'",
+        )
+    return None
 
 
 def ok_result(call: ToolCall, output_json: str) -> ToolResult:
@@ -91,13 +136,15 @@ def effective_timeout_s(tool: Tool, call: ToolCall, default_timeout_s: float) ->
 
 
 def classify_exception(exc: BaseException) -> tuple[ErrorCategory, str]:
-    """The category and model-facing message of an exception a handler raised."""
+    """The category and model-facing message of an exception a handler raised.
+
+    Only a :class:`ToolError` speaks to the model (its author wrote the message for it);
+    any other exception gets its category's generic message: its own text stays in the log.
+    """
     if isinstance(exc, ToolError):
-        return exc.category, str(exc) or type(exc).__name__
-    if isinstance(exc, DeviceError):
-        return ErrorCategory.DEVICE, f"device error: {exc}"
-    text = str(exc)
-    return ErrorCategory.HANDLER_ERROR, f"{type(exc).__name__}: {text}" if text else repr(exc)
+        return exc.category, model_message(exc.category, str(exc))
+    category = ErrorCategory.DEVICE if isinstance(exc, DeviceError) else ErrorCategory.HANDLER_ERROR
+    return category, GENERIC_MESSAGES[category]
 
 
 def encode_output(value: Any, max_chars: int) -> str:
@@ -108,6 +155,8 @@ def encode_output(value: Any, max_chars: int) -> str:
         raise BadOutputError("the handler returned an awaitable; declare it `async def`")
     try:
         text = msgspec.json.encode(value).decode()
+    except RecursionError:  # a self-referencing or absurdly deep value
+        raise BadOutputError("the handler returned a value nested too deeply for JSON") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise BadOutputError(
             f"the handler returned a {type(value).__name__}, which is not JSON-serializable: {exc}"
@@ -217,6 +266,16 @@ class HandlerThreads:
 # --- the runner -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A call that passed :meth:`ToolRunner.prepare`: what :meth:`ToolRunner.execute` runs."""
+
+    tool: Tool
+    call: ToolCall
+    kwargs: dict[str, Any]
+    timeout_s: float
+
+
 @dataclass
 class RunnerStats:
     calls: int = 0
@@ -247,19 +306,22 @@ class ToolRunner:
         self._abandoned: set[asyncio.Task[Any]] = set()
         self.stats = RunnerStats()
 
-    async def run(self, call: ToolCall) -> ToolResult:
-        started = time.perf_counter()
-        self.stats.calls += 1
-        result = await self._run(call)
-        self.stats.last_ms = (time.perf_counter() - started) * 1000
-        if result.ok:
-            self.stats.ok += 1
-        elif result.error is not None:
-            key = result.error.category.value
-            self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
-        return result
+    def prepare(self, call: ToolCall) -> Prepared | ToolResult:
+        """Check, look up and validate ``call`` (synchronous, bounded work).
 
-    async def _run(self, call: ToolCall) -> ToolResult:
+        Returns what :meth:`execute` needs, or the error result of a call that will not run
+        (bad call id or name, unknown tool, invalid arguments). Counts the call.
+        """
+        self.stats.calls += 1
+        outcome = self._prepare(call)
+        if isinstance(outcome, ToolResult):
+            self._count(outcome)
+        return outcome
+
+    def _prepare(self, call: ToolCall) -> Prepared | ToolResult:
+        refused = check_call(call)
+        if refused is not None:
+            return refused
         tool = self.tools.get(call.name)
         if tool is None:
             known = ", ".join(sorted(self.tools)) or "none"
@@ -270,26 +332,79 @@ class ToolRunner:
             kwargs = validate_arguments(tool.params_type, call.arguments_json)
         except ArgumentsError as exc:
             return error_result(call, ErrorCategory.INVALID_ARGUMENTS, str(exc))
-        if tool.context_param is not None:
-            kwargs[tool.context_param] = self._make_context(tool, call)
-        timeout_s = effective_timeout_s(tool, call, self.default_timeout_s)
-        if tool.is_async:
-            return await self._run_async(tool, call, kwargs, timeout_s)
-        return await self._run_sync(tool, call, kwargs, timeout_s)
+        return Prepared(tool, call, kwargs, effective_timeout_s(tool, call, self.default_timeout_s))
+
+    async def execute(self, prepared: Prepared) -> ToolResult:
+        """Run a prepared call's handler under its timeout; always one result, never raises
+        (except CancelledError when the caller is cancelled)."""
+        started = time.perf_counter()
+        tool, call = prepared.tool, prepared.call
+        try:
+            kwargs = dict(prepared.kwargs)
+            if tool.context_param is not None:
+                kwargs[tool.context_param] = self._make_context(tool, call)
+            if tool.is_async:
+                result = await self._run_async(tool, call, kwargs, prepared.timeout_s)
+            else:
+                result = await self._run_sync(tool, call, kwargs, prepared.timeout_s)
+        except Exception as exc:  # a bug of ours or a context factory: still one answer
+            log.error("tool %s call %s: the runner failed", tool.name, call.call_id, exc_info=exc)
+            result = error_result(call, ErrorCategory.HANDLER_ERROR)
+        self.stats.last_ms = (time.perf_counter() - started) * 1000
+        self._count(result)
+        return result
+
+    async def run(self, call: ToolCall) -> ToolResult:
+        """:meth:`prepare`, then :meth:`execute`: exactly one result for ``call``."""
+        outcome = self.prepare(call)
+        if isinstance(outcome, ToolResult):
+            return outcome
+        return await self.execute(outcome)
+
+    def _count(self, result: ToolResult) -> None:
+        if result.ok:
+            self.stats.ok += 1
+        elif result.error is not None:
+            key = result.error.category.value
+            self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
 
     def _finish(self, tool: Tool, call: ToolCall, value: Any) -> ToolResult:
         try:
             return ok_result(call, encode_output(value, self.max_output_chars))
         except BadOutputError as exc:
-            log.warning("tool %s returned bad output: %s", tool.name, exc)
+            log.warning("tool %s call %s returned bad output: %s", tool.name, call.call_id, exc)
             return error_result(call, ErrorCategory.BAD_OUTPUT, str(exc))
 
     def _failed(self, tool: Tool, call: ToolCall, exc: BaseException) -> ToolResult:
+        """The result of a handler that raised; the exception's text goes to the log only."""
         category, message = classify_exception(exc)
-        if category is ErrorCategory.HANDLER_ERROR:
-            log.warning("tool %s (%s) raised", tool.name, tool.origin, exc_info=exc)
+        if isinstance(exc, ToolError):
+            cause = f" (cause: {exc.__cause__!r})" if exc.__cause__ is not None else ""
+            log.info(
+                "tool %s call %s failed (%s): %s%s",
+                tool.name,
+                call.call_id,
+                category,
+                message,
+                cause,
+            )
+        elif isinstance(exc, DeviceError):
+            log.warning(
+                "tool %s call %s: device error (the model is told %r): %s",
+                tool.name,
+                call.call_id,
+                message,
+                exc,
+            )
         else:
-            log.info("tool %s failed (%s): %s", tool.name, category, message)
+            log.warning(
+                "tool %s (%s) call %s raised (the model is told %r)",
+                tool.name,
+                tool.origin,
+                call.call_id,
+                message,
+                exc_info=exc,
+            )
         return error_result(call, category, message)
 
     async def _run_async(
@@ -299,7 +414,11 @@ class ToolRunner:
             coro = tool.fn(**kwargs)
         except Exception as exc:  # raised before its first await (e.g. a sync wrapper)
             return self._failed(tool, call, exc)
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            return self._failed(tool, call, HandlerExitError(type(exc).__name__))
+        if not inspect.isawaitable(coro):  # an "async" callable object that returned a value
+            return self._finish(tool, call, coro)
+        task: asyncio.Task[Any] = asyncio.ensure_future(_contained(coro))
         try:
             done, _ = await asyncio.wait({task}, timeout=timeout_s)
         except asyncio.CancelledError:
@@ -412,6 +531,22 @@ class ToolRunner:
         if self.stats.stuck_threads:
             log.warning("%d tool thread(s) stuck at shutdown", self.stats.stuck_threads)
         self.threads.shutdown()
+
+
+class HandlerExitError(NavtalkAgentError):
+    """A handler raised SystemExit or KeyboardInterrupt (a plugin called ``sys.exit()``)."""
+
+
+async def _contained(aw: Awaitable[Any]) -> Any:
+    """Await a handler; SystemExit or KeyboardInterrupt become an ordinary error.
+
+    asyncio re-raises those two out of the event loop, so one ``sys.exit()`` in a plugin
+    would stop the tools process and every call in flight with it.
+    """
+    try:
+        return await aw
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise HandlerExitError(type(exc).__name__) from exc
 
 
 def _settle(waiter: asyncio.Future[None]) -> None:

@@ -10,6 +10,12 @@ That one type gives both halves of the contract:
   the problem (``Expected `int`, got `str` - at `$.degrees```) so the model can
   correct itself.
 
+Arguments come from the model (or from anyone on the bus): :func:`validate_arguments`
+bounds their size (:data:`MAX_ARGUMENTS_CHARS`) and nesting depth
+(:data:`MAX_ARGUMENTS_DEPTH`) *before* decoding them, so no input can make the
+decoder recurse until ``RecursionError``; whatever the input, it returns keyword
+arguments or raises :class:`ArgumentsError`, nothing else.
+
 Supported parameter types: ``str``, ``int``, ``float``, ``bool``, ``Enum``,
 ``Literal[...]``, ``list[...]`` / ``tuple[...]`` / ``dict[str, ...]``,
 ``X | None`` and defaults, dataclasses, msgspec Structs, TypedDicts, and
@@ -19,8 +25,10 @@ Recursive types cannot be inlined and are refused.
 
 from __future__ import annotations
 
+import array
 import copy
 import inspect
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +39,8 @@ import msgspec
 from agent.errors import ConfigError
 
 __all__ = [
+    "MAX_ARGUMENTS_CHARS",
+    "MAX_ARGUMENTS_DEPTH",
     "ArgumentsError",
     "Param",
     "ToolDefinitionError",
@@ -42,6 +52,10 @@ __all__ = [
 ]
 
 _MISSING = inspect.Parameter.empty
+
+MAX_ARGUMENTS_CHARS = 65_536  # the longest arguments_json a call may carry
+MAX_ARGUMENTS_DEPTH = 32  # the deepest nesting of arrays and objects in it
+MAX_ERROR_CHARS = 400  # an ArgumentsError's message is cut here (the model reads it)
 
 
 class ToolDefinitionError(ConfigError):
@@ -153,33 +167,77 @@ def _json_type(value: Any) -> str | None:
     return None
 
 
-def validate_arguments(params_type: type[msgspec.Struct], arguments_json: str) -> dict[str, Any]:
+def validate_arguments(
+    params_type: type[msgspec.Struct],
+    arguments_json: str | bytes,
+    *,
+    max_chars: int = MAX_ARGUMENTS_CHARS,
+    max_depth: int = MAX_ARGUMENTS_DEPTH,
+) -> dict[str, Any]:
     """Parse and check a call's JSON arguments; return keyword arguments for the handler.
 
     An empty string means no arguments (NavTalk sends ``""`` for parameterless calls).
-    Raises :class:`ArgumentsError` with a message meant for the model.
+    Raises :class:`ArgumentsError` with a message meant for the model, and nothing else,
+    whatever ``arguments_json`` holds: its size and depth are checked before it is decoded.
     """
-    text = arguments_json.strip() or "{}"
+    if len(arguments_json) > max_chars:
+        raise ArgumentsError(
+            f"arguments are {len(arguments_json)} characters long; the limit is {max_chars}"
+        )
+    if isinstance(arguments_json, bytes):
+        try:
+            text = arguments_json.decode()
+        except UnicodeDecodeError as exc:
+            raise ArgumentsError(f"arguments are not valid UTF-8: {exc.reason}") from None
+    else:
+        text = arguments_json
+    text = text.strip() or "{}"
+    depth = nesting_depth(text)
+    if depth > max_depth:
+        raise ArgumentsError(f"arguments are nested {depth} levels deep; the limit is {max_depth}")
     try:
         raw = msgspec.json.decode(text)
-    except msgspec.DecodeError as exc:
-        raise ArgumentsError(f"arguments are not valid JSON: {exc}") from None
+    except msgspec.DecodeError as exc:  # ValidationError too (numbers out of range)
+        raise ArgumentsError(_cut(f"arguments are not valid JSON: {exc}")) from None
+    except UnicodeEncodeError:  # a lone surrogate in a str (never from the bus: UTF-8 only)
+        raise ArgumentsError("arguments are not valid JSON: not encodable as UTF-8") from None
     if not isinstance(raw, dict):
         raise ArgumentsError(
-            f"arguments must be a JSON object, got {type(raw).__name__}: {text[:80]}"
+            _cut(f"arguments must be a JSON object, got {type(raw).__name__}: {text[:80]}")
         )
     try:
         value = msgspec.convert(raw, params_type, strict=True)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        top_level = " - at `$." not in text
-        if top_level and text.startswith(("Object missing required", "Object contains unknown")):
+        message = str(exc)
+        top_level = " - at `$." not in message
+        if top_level and message.startswith(("Object missing required", "Object contains unknown")):
             fields = params_type.__struct_fields__
             required = [f for f, d in zip(fields, _required_flags(params_type), strict=True) if d]
-            text += f" (parameters: {', '.join(fields) or 'none'}; required: "
-            text += f"{', '.join(required) or 'none'})"
-        raise ArgumentsError(f"invalid arguments: {text}") from None
+            message += f" (parameters: {', '.join(fields) or 'none'}; required: "
+            message += f"{', '.join(required) or 'none'})"
+        raise ArgumentsError(_cut(f"invalid arguments: {message}")) from None
     return {f: getattr(value, f) for f in value.__struct_fields__}
+
+
+# Strings first (brackets inside them do not count), then every bracket. The string
+# pattern is possessive and accepts an unterminated string up to the end, so the scan
+# is linear for any input; what is not JSON is the decoder's to report.
+_STRING_RE = re.compile(r'"(?:[^"\\]++|\\[\s\S])*+(?:"|\\?\Z)')
+_NOT_BRACKET_RE = re.compile(r"[^\[\]{}]++")
+_BRACKET_STEP = bytes.maketrans(b"[]{}", bytes([1, 255, 1, 255]))  # 255 = -1 as a signed byte
+
+
+def nesting_depth(text: str) -> int:
+    """The deepest nesting of ``[`` / ``{`` in JSON text, in linear time, without decoding."""
+    brackets = _NOT_BRACKET_RE.sub("", _STRING_RE.sub("", text))
+    if not brackets:
+        return 0
+    steps = array.array("b", brackets.encode("ascii").translate(_BRACKET_STEP))
+    return max(0, max(itertools.accumulate(steps)))
+
+
+def _cut(message: str, limit: int = MAX_ERROR_CHARS) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "\u2026"
 
 
 def _required_flags(params_type: type[msgspec.Struct]) -> list[bool]:
