@@ -122,6 +122,7 @@ class Rig:
     session: Bus
     observer: Bus  # every tool.result on the bus, in order
     release: threading.Event  # frees the handlers that wait for the test
+    entered: threading.Event  # set when wait_for_test runs
 
     def call(self, call_id: str, name: str, arguments_json: str = "", **kw: int) -> None:
         self.session.publish(
@@ -185,8 +186,7 @@ async def rig(bus_settings: BusSettings) -> AsyncIterator[Rig]:
         tools_service.run(settings, Bus(bus_settings, "tools"), registry=registry)
     )
     await next_of(session, ToolCatalog)
-    r = Rig(session, observer, release)
-    r.entered = entered  # type: ignore[attr-defined]
+    r = Rig(session, observer, release, entered)
     try:
         yield r
     finally:
@@ -202,7 +202,7 @@ async def test_hostile_calls_are_answered_counted_and_logged_once_per_burst(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="services.tools")
-    kinds = {
+    kinds: dict[str, Callable[[int], ToolCall]] = {
         "name": lambda i: ToolCall(call_id=f"n{i}", name="x" * 10_000, arguments_json=""),
         "unknown": lambda i: ToolCall(call_id=f"u{i}", name="no_such_tool", arguments_json=""),
         "types": lambda i: ToolCall(call_id=f"t{i}", name="ping", arguments_json='{"a": 1}'),
@@ -242,7 +242,7 @@ async def test_hostile_calls_are_answered_counted_and_logged_once_per_burst(
 
 async def test_duplicate_call_ids_are_answered_once(rig: Rig) -> None:
     rig.call("dup", "wait_for_test")
-    assert await asyncio.to_thread(rig.entered.wait, WAIT)  # type: ignore[attr-defined]
+    assert await asyncio.to_thread(rig.entered.wait, WAIT)
     rig.call("dup", "wait_for_test")  # while running
     rig.call("dup", "ping")  # same id, other tool
     rig.call("mid", "ping")
