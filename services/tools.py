@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 METRICS_INTERVAL_S = 5.0
 CATALOG_INTERVAL_S = 0.25  # at most one catalog per interval after the first of a burst
-REFUSED_LOG_WINDOW_S = 10.0  # refused calls: one log line per kind and sender per window
+REFUSED_LOG_WINDOW_S = 10.0  # refused calls: one log line per kind of refusal per window
 _CATALOG_PHASES = frozenset({SessionPhase.CONNECTING, SessionPhase.CONNECTED})
 
 
@@ -119,7 +119,7 @@ async def run(
         make_context=make_context,
     )
     book = CallBook()
-    refused_log: BurstLog[tuple[str, str]] = BurstLog(REFUSED_LOG_WINDOW_S)
+    refused_log: BurstLog[str] = BurstLog(REFUSED_LOG_WINDOW_S)
     pacer = Pacer(CATALOG_INTERVAL_S)
     tasks: dict[str, asyncio.Task[None]] = {}
     last_phase: SessionPhase | None = None
@@ -142,12 +142,14 @@ async def run(
             loop.call_later(delay, send_catalog, f"{why}, paced")
 
     def refused(kind: str, sender: str, call: ToolCall, why: str) -> None:
-        left_out = refused_log.hit((kind, sender), time.monotonic())
+        """Count a refused call; log it if it is the first of its kind in a while. Keyed by
+        kind only: a flood that changes its sender name every message is still one burst."""
+        left_out = refused_log.hit(kind, time.monotonic())
         if left_out is None:
             return
         more = f" ({left_out} more like it since the last line)" if left_out else ""
         log.warning(
-            "< tool.call %.64r %.64r from %s: %s%s", call.call_id, call.name, sender, why, more
+            "< tool.call %.64r %.64r from %.64s: %s%s", call.call_id, call.name, sender, why, more
         )
 
     async def answer(prepared: Prepared) -> None:
@@ -184,8 +186,8 @@ async def run(
         task.add_done_callback(functools.partial(_task_done, tasks, call.call_id))
 
     def flush_refused() -> None:
-        for (kind, sender), left_out in refused_log.flush(time.monotonic()):
-            log.warning("< tool.call from %s: %d more %s call(s) refused", sender, left_out, kind)
+        for kind, left_out in refused_log.flush(time.monotonic()):
+            log.warning("< tool.call: %d more call(s) refused (%s)", left_out, kind)
 
     metrics = asyncio.create_task(
         _metrics_loop(bus, runner, book, refused_log, pacer, flush_refused), name="tools-metrics"
@@ -263,7 +265,7 @@ async def _metrics_loop(
     bus: Bus,
     runner: ToolRunner,
     book: CallBook,
-    refused_log: BurstLog[tuple[str, str]],
+    refused_log: BurstLog[str],
     pacer: Pacer,
     flush: Callable[[], None],
 ) -> None:
@@ -276,7 +278,7 @@ async def _metrics_loop(
             "ok": stats.ok,
             "running": len(book.running),
             "duplicates": book.duplicates,
-            "refused": sum(refused_log.total.values()),
+            "refused": sum(refused_log.total.values()) - refused_log.total["duplicate"],
             "catalog_requests": pacer.requests,
             "catalogs": pacer.answers,
             "stuck_threads": stats.stuck_threads,
