@@ -134,12 +134,14 @@ async def run(
             return
         log.info("> tool.catalog (%s): %d tool(s)", why, len(catalog.tools))
 
+    paced: list[asyncio.TimerHandle] = []  # the catalog waiting for its turn (at most one)
+
     def want_catalog(why: str) -> None:
         delay = pacer.request(time.monotonic())
         if delay == 0.0:
             send_catalog(why)
         elif delay is not None:
-            loop.call_later(delay, send_catalog, f"{why}, paced")
+            paced[:] = [loop.call_later(delay, send_catalog, f"{why}, paced")]
 
     def refused(kind: str, sender: str, call: ToolCall, why: str) -> None:
         """Count a refused call; log it if it is the first of its kind in a while. Keyed by
@@ -209,6 +211,8 @@ async def run(
                 log.exception("tools: failed to handle %s from %s", delivery.topic, delivery.sender)
     finally:
         metrics.cancel()
+        for handle in paced:
+            handle.cancel()
         running = list(tasks.values())
         for task in running:
             task.cancel()
