@@ -81,9 +81,11 @@ async def run(
     *,
     registry: ToolRegistry | None = None,
     camera: Camera | None = None,
+    metrics_interval_s: float = METRICS_INTERVAL_S,
 ) -> None:
     """Serve tool calls until cancelled. ``registry``/``camera`` are built from settings
-    when not given (an injected camera is not closed here)."""
+    when not given (an injected camera is not closed here); ``metrics.tools`` is published
+    every ``metrics_interval_s``."""
     if registry is None:
         registry = discover(settings.tools)
     bus.subscribe(topics.TOOL_CALL, topics.TOOL_DESCRIBE, topics.SESSION_STATE)
@@ -192,7 +194,8 @@ async def run(
             log.warning("< tool.call: %d more call(s) refused (%s)", left_out, kind)
 
     metrics = asyncio.create_task(
-        _metrics_loop(bus, runner, book, refused_log, pacer, flush_refused), name="tools-metrics"
+        _metrics_loop(bus, runner, book, refused_log, pacer, flush_refused, metrics_interval_s),
+        name="tools-metrics",
     )
     try:
         want_catalog("start")
@@ -272,9 +275,10 @@ async def _metrics_loop(
     refused_log: BurstLog[str],
     pacer: Pacer,
     flush: Callable[[], None],
+    interval_s: float,
 ) -> None:
     while True:
-        await asyncio.sleep(METRICS_INTERVAL_S)
+        await asyncio.sleep(interval_s)
         flush()
         stats = runner.stats
         values: dict[str, Any] = {

@@ -29,7 +29,7 @@ from agent import topics
 from agent.bus import Bus, Delivery
 from agent.config import BusSettings, default_settings
 from agent.errors import ErrorCategory
-from agent.messages import Message, ToolCall, ToolCatalog, ToolDescribe, ToolResult
+from agent.messages import Message, Metrics, ToolCall, ToolCatalog, ToolDescribe, ToolResult
 from agent.tools import ToolContext, tool
 from agent.tools.registry import ToolRegistry
 from agent.tools.settings import ToolsSettings
@@ -177,13 +177,15 @@ async def rig(bus_settings: BusSettings) -> AsyncIterator[Rig]:
         default_settings(), bus=bus_settings, tools=ToolsSettings(entry_points=False)
     )
     session = Bus(bus_settings, "session")
-    session.subscribe(topics.TOOL_RESULT, topics.TOOL_CATALOG)
+    session.subscribe(topics.TOOL_RESULT, topics.TOOL_CATALOG, "metrics.tools")
     await session.start()
     observer = Bus(bus_settings, "observer")
     observer.subscribe(topics.TOOL_RESULT)
     await observer.start()
     service = asyncio.create_task(
-        tools_service.run(settings, Bus(bus_settings, "tools"), registry=registry)
+        tools_service.run(
+            settings, Bus(bus_settings, "tools"), registry=registry, metrics_interval_s=0.05
+        )
     )
     await next_of(session, ToolCatalog)
     r = Rig(session, observer, release, entered)
@@ -238,6 +240,16 @@ async def test_hostile_calls_are_answered_counted_and_logged_once_per_burst(
     assert len(refusals) == 2, [r.getMessage() for r in refusals]  # one per kind
     assert all("from session" in r.getMessage() for r in refusals)
     assert max(len(r.getMessage()) for r in refusals) < 400  # the 10 000-char name is cut
+    metrics = await next_of(
+        rig.session,
+        Metrics,
+        lambda d: isinstance(d.msg, Metrics) and d.msg.values.get("calls", 0) > per_kind * 6,
+    )
+    assert isinstance(metrics.msg, Metrics)
+    values = metrics.msg.values
+    assert values["refused"] == per_kind * len(kinds) and values["duplicates"] == 0
+    assert values["errors_unknown_tool"] == 2 * per_kind
+    assert values["errors_invalid_arguments"] == 4 * per_kind
 
 
 async def test_duplicate_call_ids_are_answered_once(rig: Rig) -> None:
