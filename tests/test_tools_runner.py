@@ -191,6 +191,11 @@ async def test_hostile_calls_are_refused_before_any_handler_runs() -> None:
         "newline": (call("record\n"), ErrorCategory.UNKNOWN_TOOL, "tool names are 1-64"),
         "no id": (call("record", call_id=""), ErrorCategory.INVALID_ARGUMENTS, "call id"),
         "long id": (call("record", call_id="i" * 300), ErrorCategory.INVALID_ARGUMENTS, "call id"),
+        "log line in id": (
+            call("record", call_id="c1\nERROR forged"),
+            ErrorCategory.INVALID_ARGUMENTS,
+            "printable",
+        ),
         "not object": (call("record", [1]), ErrorCategory.INVALID_ARGUMENTS, "JSON object"),
     }
     cases["deep"] = (

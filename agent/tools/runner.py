@@ -110,11 +110,12 @@ def error_result(call: ToolCall, category: ErrorCategory, message: str = "") -> 
 
 def check_call(call: ToolCall) -> ToolResult | None:
     """An error result for a call whose id or tool name cannot be genuine; None if fine."""
-    if not call.call_id or len(call.call_id) > MAX_CALL_ID_CHARS:
+    if not 0 < len(call.call_id) <= MAX_CALL_ID_CHARS or not call.call_id.isprintable():
         return error_result(
             call,
             ErrorCategory.INVALID_ARGUMENTS,
-            f"the call id must be 1 to {MAX_CALL_ID_CHARS} characters, not {len(call.call_id)}",
+            f"the call id must be 1 to {MAX_CALL_ID_CHARS} printable characters "
+            f"(got {len(call.call_id)})",
         )
     if not NAME_RE.fullmatch(call.name):
         return error_result(
