@@ -13,13 +13,14 @@
   :data:`CATALOG_INTERVAL_S`, and every request is answered.
 - Each ``tool.call`` is first checked on the loop (call id, name, arguments bounded in
   size and depth: :meth:`ToolRunner.prepare`); a call that cannot run is answered at
-  once with an error result. The others run as their own task: a slow tool never delays
+  once with an error result, and so is a call beyond :data:`MAX_RUNNING_CALLS` running
+  at once (``unavailable``). The others run as their own task: a slow tool never delays
   another call, and the tool's own timeout is enforced here. Every call id gets exactly
   one ``tool.result`` (see :class:`agent.tools.callbook.CallBook`): duplicates are
   dropped, a crashing handler is answered (``handler_error``, a generic message; the
   detail is logged with the call id), and so are calls still running when the service
   stops (``unavailable``). Refused calls and duplicates are counted (``metrics.tools``)
-  and logged once per burst and sender, never per message.
+  and logged once per burst of each kind, never per message.
 - If this process dies (SIGKILL, OOM), the results of its running calls are produced by
   the session's pending-call bookkeeping (``agent/navtalk/pending.py``), and the
   supervisor restarts this process.
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 
 METRICS_INTERVAL_S = 5.0
 CATALOG_INTERVAL_S = 0.25  # at most one catalog per interval after the first of a burst
+MAX_RUNNING_CALLS = 128  # calls running at once; more are answered `unavailable` at once
 REFUSED_LOG_WINDOW_S = 10.0  # refused calls: one log line per kind of refusal per window
 _CATALOG_PHASES = frozenset({SessionPhase.CONNECTING, SessionPhase.CONNECTED})
 
@@ -82,10 +84,11 @@ async def run(
     registry: ToolRegistry | None = None,
     camera: Camera | None = None,
     metrics_interval_s: float = METRICS_INTERVAL_S,
+    max_running: int = MAX_RUNNING_CALLS,
 ) -> None:
     """Serve tool calls until cancelled. ``registry``/``camera`` are built from settings
     when not given (an injected camera is not closed here); ``metrics.tools`` is published
-    every ``metrics_interval_s``."""
+    every ``metrics_interval_s``; at most ``max_running`` calls run at once."""
     if registry is None:
         registry = discover(settings.tools)
     bus.subscribe(topics.TOOL_CALL, topics.TOOL_DESCRIBE, topics.SESSION_STATE)
@@ -176,6 +179,12 @@ async def run(
                 refused("duplicate", sender, call, f"duplicate of a call {state}: dropped")
                 return
         outcome = runner.prepare(call)
+        if not isinstance(outcome, ToolResult) and len(tasks) >= max_running:
+            outcome = error_result(
+                call,
+                ErrorCategory.UNAVAILABLE,
+                f"{len(tasks)} tool calls are running already; try again shortly",
+            )
         if isinstance(outcome, ToolResult):
             if booked:
                 book.on_result(outcome)

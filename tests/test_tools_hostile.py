@@ -139,6 +139,16 @@ class Rig:
                 seen.append(result_of(d))
         return seen
 
+    async def results_for(self, *call_ids: str) -> dict[str, ToolResult]:
+        """The results of ``call_ids``, in any order; nothing else and none twice."""
+        got: dict[str, ToolResult] = {}
+        async with asyncio.timeout(WAIT):
+            while len(got) < len(call_ids):
+                r = result_of(await self.observer.recv())
+                assert r.call_id in call_ids and r.call_id not in got, r
+                got[r.call_id] = r
+        return got
+
 
 @pytest.fixture
 async def rig(bus_settings: BusSettings) -> AsyncIterator[Rig]:
@@ -184,7 +194,11 @@ async def rig(bus_settings: BusSettings) -> AsyncIterator[Rig]:
     await observer.start()
     service = asyncio.create_task(
         tools_service.run(
-            settings, Bus(bus_settings, "tools"), registry=registry, metrics_interval_s=0.05
+            settings,
+            Bus(bus_settings, "tools"),
+            registry=registry,
+            metrics_interval_s=0.05,
+            max_running=3,
         )
     )
     await next_of(session, ToolCatalog)
@@ -266,6 +280,20 @@ async def test_duplicate_call_ids_are_answered_once(rig: Rig) -> None:
     assert [r.call_id for r in await rig.results_until("end")] == ["end"]
 
 
+async def test_calls_beyond_the_running_limit_are_answered_at_once(rig: Rig) -> None:
+    for i in range(3):
+        rig.call(f"w{i}", "wait_for_test")  # max_running=3: these run
+    rig.call("over", "wait_for_test")
+    (over,) = await rig.results_until("over")
+    assert category(over) is ErrorCategory.UNAVAILABLE and over.error is not None
+    assert over.error.retryable and "3 tool calls are running" in over.error.message
+    rig.release.set()
+    got = await rig.results_for("w0", "w1", "w2")
+    assert all(r.ok for r in got.values())
+    rig.call("after", "ping")
+    assert (await rig.results_until("after"))[-1].ok
+
+
 async def test_crashing_exiting_and_stuck_handlers_are_answered(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -274,12 +302,7 @@ async def test_crashing_exiting_and_stuck_handlers_are_answered(
     rig.call("s", "stuck", timeout_ms=10_000)
     rig.call("c", "crash")
     rig.call("x", "exits")
-    got: dict[str, ToolResult] = {}
-    async with asyncio.timeout(WAIT):
-        while len(got) < 3:
-            r = result_of(await rig.observer.recv())
-            assert r.call_id not in got  # one result each
-            got[r.call_id] = r
+    got = await rig.results_for("s", "c", "x")
     elapsed = time.monotonic() - started
     crash, exits, stuck = got["c"], got["x"], got["s"]
     assert category(stuck) is ErrorCategory.TIMEOUT and 0.3 <= elapsed < 1.5  # its own 0.3 s
