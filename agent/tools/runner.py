@@ -3,9 +3,11 @@
 .. code-block:: text
 
     ToolCall ─▶ check ─▶ lookup ─▶ validate ─▶ run (thread or task, timeout) ─▶ encode ─▶ ToolResult
-                  │         │          │                 │                        │
-          invalid_arguments │  invalid_arguments  handler_error / timeout /   bad_output
-          / unknown_tool  unknown_tool              device / unavailable
+                  │        │          │              │                            │
+              call id:   unknown_   invalid_    handler_error / timeout /     bad_output
+              invalid_   tool       arguments   device / unavailable
+              arguments;
+              name: unknown_tool
 
 :meth:`ToolRunner.prepare` is the synchronous part (shape of the call, lookup, bounded
 validation): a call it refuses is answered at once, without a task. The decisions
