@@ -156,7 +156,7 @@ async def test_crash_loop_pauses_retries_after_cooldown_then_exits_for_systemd(
         bus_toml(ipc_bus_settings(str(short_tmp)))
         + "\n[supervisor]\nheartbeat_interval_s = 0.2\nrestart_initial_s = 0.05\n"
         "restart_max_s = 0.1\ncrash_loop_restarts = 3\ncrash_loop_window_s = 60\n"
-        "crash_loop_cooldown_s = 2\ndown_limit_s = 6\n"
+        "crash_loop_cooldown_s = 1\ndown_limit_s = 15\n"
         f'\n[tools]\nmodules = ["{crasher}"]\n'
     )
     log = short_tmp / "loop.log"
