@@ -258,6 +258,7 @@ class Zygote:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = 0
         self._lock = asyncio.Lock()
+        self._closing = False
         self.pid = 0
         self.started = 0  # how many zygotes were started (1 unless one died)
 
@@ -311,7 +312,8 @@ class Zygote:
         await self.start()
         assert self._sock is not None
         self._ids += 1
-        req: dict[str, Any] = {"id": self._ids, "argv": argv,
+        req_id = self._ids  # not self._ids later: other spawns run meanwhile
+        req: dict[str, Any] = {"id": req_id, "argv": argv,
                                "env": {**env, **THREAD_ENV}}  # fmt: skip
         fds: list[int] = []
         if secret is not None:
@@ -321,7 +323,7 @@ class Zygote:
             os.close(w)
             fds.append(r)
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[self._ids] = reply
+        self._waiting[req_id] = reply
         try:
             self._sock.sendmsg(
                 [json.dumps(req).encode()],
@@ -332,7 +334,7 @@ class Zygote:
         except (OSError, TimeoutError) as exc:
             raise SupervisorError(f"the zygote did not fork {argv[:2]}: {exc!r}") from exc
         finally:
-            self._waiting.pop(self._ids, None)
+            self._waiting.pop(req_id, None)
             for fd in fds:
                 os.close(fd)
         if "pid" not in got:
@@ -365,7 +367,8 @@ class Zygote:
                     self._early_exits[pid] = code
         # The zygote is gone: its children die with it (PDEATHSIG). Each is reported
         # exited once it really is (a pidfd turns readable), as killed.
-        log.error("the zygote (pid %d) is gone; its children die with it", self.pid)
+        if not self._closing:
+            log.error("the zygote (pid %d) is gone; its children die with it", self.pid)
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_result({"error": "the zygote died"})
@@ -404,6 +407,7 @@ class Zygote:
 
     async def close(self) -> None:
         """Stop the zygote (after its children: they die with it)."""
+        self._closing = True
         if self._sock is not None:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_RDWR)

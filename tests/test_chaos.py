@@ -6,6 +6,8 @@ script answers through the ``get_current_time`` tool, so session, emulator and t
 take part), SIGKILLs one service right after each question, and checks:
 
 - the killed service is back in service (first heartbeat of a new pid), time recorded;
+- then the zygote (which forks the services) is SIGKILLed: every service dies with it and
+  comes back;
 - the agent recovers: the next question gets its spoken answer with the tool's output;
 - after SIGTERM, the supervisor exits 0 and no process it started is left (0 orphans).
 """
@@ -35,7 +37,14 @@ from agent.messages import (
     ToolResult,
 )
 from tests.conftest import ipc_bus_settings
-from tests.supervisor_helpers import alive, descendants_of, start_supervisor, stop
+from tests.supervisor_helpers import (
+    alive,
+    children_of,
+    cmdline_of,
+    descendants_of,
+    start_supervisor,
+    stop,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -174,9 +183,24 @@ async def test_every_service_sigkilled_mid_conversation(tmp_path: Path) -> None:
                 restart_ms[service] = round((agent.first_beat[service] - t0) * 1000, 1)
                 answer = await agent.answered()  # the agent recovers
                 assert "It is" in answer, answer
+            # the zygote that forks the services: they all die with it, all come back
+            spawned.update(descendants_of(proc.pid))
+            zygote = [p for p in children_of(proc.pid) if "agent.zygote" in cmdline_of(p)]
+            assert len(zygote) == 1
+            before = dict(agent.pid)
+            t0 = time.monotonic()
+            os.kill(zygote[0], signal.SIGKILL)
+            await agent.until(
+                lambda: all(agent.pid[s] != before[s] for s in KILL_ORDER), 30,
+                "every service back after the zygote died",
+            )  # fmt: skip
+            restart_ms["all, zygote killed"] = round(
+                (max(agent.first_beat.values()) - t0) * 1000, 1
+            )
+            assert "It is" in await agent.answered()
             spawned.update(descendants_of(proc.pid))
             tool_ok = [r for r in agent.tool_results if r.name == "get_current_time" and r.ok]
-            assert len(tool_ok) >= len(KILL_ORDER) + 1, "the tools answered every round"
+            assert len(tool_ok) >= len(KILL_ORDER) + 2, "the tools answered every round"
             reader.cancel()
         code = await asyncio.to_thread(stop, proc)
     finally:
