@@ -86,6 +86,24 @@ def _started_at(pid: int) -> float | None:
     return int(fields[19]) / _TICK  # field 22 overall: starttime, in clock ticks after boot
 
 
+def _start_supervisor(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+
+
+def _stop_supervisor(sup: subprocess.Popen[bytes]) -> None:
+    sup.send_signal(signal.SIGTERM)
+    try:
+        sup.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        sup.kill()
+        sup.wait()
+
+
 class Watcher:
     """The latest heartbeat of every service, and when its current process first beat."""
 
@@ -118,12 +136,7 @@ async def bench(kills: int, services: list[str], headless: bool, log_path: Path)
     cfg = _config(d, headless=headless)
     settings = load(cfg)
     stable_s = settings.supervisor.restart_stable_s
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        sup = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+    sup = _start_supervisor(cfg, log_path)
     samples: dict[str, list[dict[str, float]]] = {s: [] for s in services}
     try:
         bus = Bus(settings.bus, "bench")
@@ -163,12 +176,7 @@ async def bench(kills: int, services: list[str], headless: bool, log_path: Path)
         reader.cancel()
         await bus.close()
     finally:
-        sup.send_signal(signal.SIGTERM)
-        try:
-            sup.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            sup.kill()
-            sup.wait()
+        await asyncio.to_thread(_stop_supervisor, sup)
     rows = []
     for service, got in samples.items():
         row: dict[str, Any] = {"service": service}
