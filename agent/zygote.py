@@ -108,7 +108,9 @@ def _run_child(
                 value = f.read(65536).decode()
             if secret_env:
                 os.environ[secret_env] = value
-        random.seed()
+        random.seed()  # not the zygote's (shared by every child) random state
+        if "numpy" in sys.modules:
+            sys.modules["numpy"].random.seed()
         argv = [str(a) for a in req["argv"]]
         _set_name(f"nt-{argv[1] if argv[:1] == ['service'] and len(argv) > 1 else argv[0]}")
         sys.argv = ["navtalk-agent", *argv]
