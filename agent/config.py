@@ -98,8 +98,8 @@ class SupervisorSettings(_Section, frozen=True, kw_only=True):
     startup_grace_s: PositiveFloat = 20.0  # time a new process gets before its first heartbeat
     restart_initial_s: PositiveFloat = 0.5  # first restart delay; doubles each time
     restart_max_s: PositiveFloat = 15.0  # restart delay cap
-    # A process that ran this long before it died is restarted at once (no backoff), and its
-    # death does not count towards the crash-loop breaker.
+    # A process in service (heartbeats) this long before it died is restarted at once (no
+    # backoff), and its death does not count towards the crash-loop breaker.
     restart_stable_s: PositiveFloat = 5.0
     crash_loop_restarts: Annotated[int, msgspec.Meta(ge=1)] = 5  # this many quick deaths ...
     crash_loop_window_s: PositiveFloat = 60.0  # ... within this window => pause its restarts

@@ -145,6 +145,14 @@ class Child:
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
     down_since: float | None = None  # when it last stopped being in service (None: in service)
+    running_since: float | None = None  # first heartbeat of the current process
+
+    def ran_for(self, now: float) -> float:
+        """How long the current process was in service (a process that never sent a
+        heartbeat was not; the emulator, which sends none, counts from its start)."""
+        if self.running_since is not None:
+            return now - self.running_since
+        return 0.0 if self.heartbeats else now - self.started_at
 
     def set_phase(self, phase: ChildPhase, why: str = "") -> None:
         if phase is not self.phase:
@@ -310,6 +318,7 @@ class Supervisor:
                 log.warning("%s: cannot pin to cores %s: %s", child.name, child.cores, exc)
         child.proc = proc
         child.started_at = child.last_beat = time.monotonic()
+        child.running_since = None
         log.info("= %s: spawned, pid %d", child.name, proc.pid)
         child.set_phase(ChildPhase.STARTING)
         self._spawn_task(self._reap(child, proc), f"reap-{child.name}")
@@ -334,7 +343,7 @@ class Supervisor:
             )
             self.stop(f"configuration error in {child.name}", CONFIG_ERROR_EXIT)
             return
-        delay = child.policy.on_exit(now, now - child.started_at)
+        delay = child.policy.on_exit(now, child.ran_for(now))
         if delay is None:
             child.set_phase(ChildPhase.GAVE_UP, how)
             delay = child.policy.cooldown_s
@@ -374,6 +383,7 @@ class Supervisor:
                     child.last_beat = time.monotonic()
                     if child.phase is ChildPhase.STARTING:
                         child.set_phase(ChildPhase.RUNNING, "first heartbeat")
+                        child.running_since = child.last_beat
                         if child.down_since is not None:
                             log.info(
                                 "= %s back in service after %.2f s",
