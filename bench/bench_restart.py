@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -177,6 +178,7 @@ async def bench(kills: int, services: list[str], headless: bool, log_path: Path)
         await bus.close()
     finally:
         await asyncio.to_thread(_stop_supervisor, sup)
+        shutil.rmtree(d, ignore_errors=True)
     rows = []
     for service, got in samples.items():
         row: dict[str, Any] = {"service": service}
