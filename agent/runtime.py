@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from agent import topics
 from agent.bus import Bus
 from agent.config import Settings
+from agent.errors import ConfigError
 from agent.messages import HealthStatus, Heartbeat, Shutdown
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,33 @@ def load_service(name: str) -> ServiceMain:
     return run
 
 
+class ServiceBus(Bus):
+    """The service's own bus; :attr:`ready` is set once its :meth:`start` returned, i.e.
+    its subscriptions are in place at the proxy."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ready = asyncio.Event()
+
+    async def start(self, timeout: float = 10.0) -> None:
+        await super().start(timeout)
+        self.ready.set()
+
+
 async def heartbeat_loop(
     bus: Bus,
     name: str,
     interval_s: float,
     status: Callable[[], tuple[HealthStatus, str]] | None = None,
+    *,
+    ready: asyncio.Event | None = None,
 ) -> None:
     """``health.<name>`` every ``interval_s``, sent from the event loop (a blocked loop is
-    a silent one). ``status`` gives (status, detail) when there is more to say than "ok"."""
+    a silent one). ``status`` gives (status, detail) when there is more to say than "ok".
+    With ``ready``, the first beat waits for it: a service's first heartbeat means "in
+    service" (its bus subscriptions work), not "process up"."""
+    if ready is not None:
+        await ready.wait()
     started = time.monotonic()
     pid = os.getpid()
     while True:
@@ -99,11 +119,21 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
 
     control = Bus(settings.bus, f"{name}.runtime")
     control.subscribe(topics.CONTROL_SHUTDOWN)
-    await control.start()
-    bus = Bus(settings.bus, name)
+    bus = ServiceBus(settings.bus, name)
+    # The service starts while the control bus connects (both wait for their probes).
     service: asyncio.Task[None] = asyncio.create_task(main(settings, bus), name=f"service-{name}")
+    try:
+        await control.start()
+    except BaseException:
+        service.cancel()
+        await asyncio.wait({service}, timeout=settings.supervisor.stop_timeout_s)
+        if service.done() and not service.cancelled():
+            service.exception()  # retrieved: the control bus's error is the one to report
+        await bus.close()
+        raise
     beats = asyncio.create_task(
-        heartbeat_loop(control, name, settings.supervisor.heartbeat_interval_s), name="heartbeat"
+        heartbeat_loop(control, name, settings.supervisor.heartbeat_interval_s, ready=bus.ready),
+        name="heartbeat",
     )
     shutdown = asyncio.create_task(_wait_shutdown(control), name="shutdown-listener")
     stopper = asyncio.create_task(stop.wait(), name="signal-wait")
@@ -115,7 +145,10 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
         )
         if service in done:
             exc = service.exception()
-            if exc is not None:
+            if isinstance(exc, ConfigError):  # one line, and exit 2: restarting cannot help
+                log.error("%s: configuration error: %s", name, exc)
+                code = 2
+            elif exc is not None:
                 log.error("%s failed", name, exc_info=exc)
                 code = 1
             else:
