@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from agent.emulator.brain import Script
+from agent.emulator.script import Script
 from agent.emulator.server import Emulator
 from agent.navtalk import events as ev
 from agent.navtalk.protocol import NavTalkProtocol, SessionStatus

@@ -25,7 +25,7 @@ import pytest
 from agent import topics
 from agent.bus import Bus, Delivery
 from agent.config import BusSettings, Settings, default_settings
-from agent.emulator.brain import Script
+from agent.emulator.script import Script
 from agent.emulator.server import Emulator
 from agent.messages import (
     AssistantTranscript,
