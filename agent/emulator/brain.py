@@ -120,6 +120,7 @@ class Brain:
         vad_start_ms: int = 90,
         vad_end_ms: int = 600,
         offer_deadline_s: float = OFFER_DEADLINE_S,
+        updated_delay_s: float = UPDATED_DELAY_S,
     ) -> None:
         self.script = script
         self.faults = faults if faults is not None else Faults()
@@ -127,6 +128,7 @@ class Brain:
         self.avatar_id = avatar_id
         self.webrtc = webrtc
         self.offer_deadline_s = offer_deadline_s
+        self.updated_delay_s = updated_delay_s
         self.stats = SessionStats()
         self._phase = Phase.CONNECTING
         self._vad = VoiceDetector(vad_mode, vad_start_ms, vad_end_ms)
@@ -231,7 +233,7 @@ class Brain:
             out.append(StartWebRtc())
         out.append(Send({"type": "realtime.session.created", "data": {}}))
         self._set_phase(Phase.CREATED, "session.created sent")
-        self._timers.append((now + UPDATED_DELAY_S, _Timer.UPDATED))
+        self._timers.append((now + self.updated_delay_s, _Timer.UPDATED))
         if self.faults.drop_after_s > 0:
             self._timers.append((now + self.faults.drop_after_s, _Timer.DROP))
         return out

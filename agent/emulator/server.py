@@ -33,7 +33,7 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.http11 import Request, Response
 
-from agent.emulator.brain import Brain
+from agent.emulator.brain import UPDATED_DELAY_S, Brain
 from agent.emulator.conformance import Violation
 from agent.emulator.faults import Faults
 from agent.emulator.recognizer import GrammarRecognizer, OrderRecognizer, RecognizerMode
@@ -70,8 +70,10 @@ class Emulator:
         *,
         script: Script | None = None,
         observer: Observer | None = None,
+        updated_delay_s: float = UPDATED_DELAY_S,
     ) -> None:
         self.settings = settings
+        self.updated_delay_s = updated_delay_s  # session.created -> session.updated
         self.script = script if script is not None else Script.load(settings.script_path or None)
         self.observer = observer
         self.faults = Faults(
@@ -236,6 +238,7 @@ class Emulator:
             vad_start_ms=s.vad_start_ms,
             vad_end_ms=s.vad_end_ms,
             offer_deadline_s=s.offer_deadline_s,
+            updated_delay_s=self.updated_delay_s,
         )
         record = SessionRecord(
             index=len(self.sessions) + 1,
