@@ -325,7 +325,7 @@ def test_render() -> None:
 def test_default_script_loads() -> None:
     script = Script.load()
     assert script.greeting and len(script.hears) >= 4
-    found = script.find("I have a reservation under the name Smith.")
+    found = script.find("I have a reservation for Smith.")
     assert found is not None and found[0].tool == "lookup_reservation"
     assert found[1] == {"name": "Smith"}
     assert script.find("Goodbye.") is not None

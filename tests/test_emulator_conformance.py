@@ -49,8 +49,16 @@ def audio(n_bytes: int = 4800) -> str:
                        "data": {"audio": base64.b64encode(pcm).decode()}})  # fmt: skip
 
 
-TOOLS = json.dumps([{"type": "function", "name": "get_current_time", "description": "now",
-                     "parameters": {"type": "object", "properties": {}, "required": []}}])  # fmt: skip
+TOOLS = json.dumps(
+    [
+        {
+            "type": "function",
+            "name": "get_current_time",
+            "description": "now",
+            "parameters": {"type": "object", "properties": {}, "required": []},
+        }
+    ]
+)
 DECLARE = json.dumps({"type": "realtime.input_function_call", "data": {"content": TOOLS}})
 
 CASES: list[tuple[str, list[str], ViolationKind]] = [

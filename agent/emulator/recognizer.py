@@ -6,8 +6,8 @@ Two modes (setting ``[emulator] recognizer``):
   US English model; nothing is downloaded) with a JSGF grammar whose alternatives are the
   script's ``hears`` lines. An utterance is recognized as a line when the decoder reaches
   the line's end, or when the decoder's best partial path is a prefix of exactly one line
-  and covers at least half of its words (the FSG search sometimes loses the last word of
-  synthetic speech). Anything else is "not recognized" and gets the script's fallback.
+  that covers enough of it (:func:`_enough`: the FSG search sometimes loses the last word
+  of synthetic speech). Anything else is "not recognized" and gets the script's fallback.
 - ``order``: :class:`OrderRecognizer`, the n-th utterance is the n-th line whatever was said
   (the emulator's old behaviour; kept only as an explicit option).
 
@@ -113,6 +113,16 @@ class GrammarRecognizer:
         candidates = [
             line
             for w, line in self._by_words.items()
-            if w[: len(words)] == words and 2 * len(words) >= len(w)
+            if w[: len(words)] == words and _enough(len(words), w[len(words) :])
         ]
         return candidates[0] if len(candidates) == 1 else None
+
+
+def _enough(said: int, missing: tuple[str, ...]) -> bool:
+    """A partial path stands for its line when it has at least two words and either covers
+    two thirds of the line or lacks only short words (the FSG search tends to lose a short
+    last word such as "is it"); "where is the" must not stand for "where is the breakfast
+    room" (a question about the window ends that way too)."""
+    if said < 2:
+        return False
+    return 3 * said >= 2 * (said + len(missing)) or all(len(w) <= 3 for w in missing)
