@@ -87,9 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("emulator", help="run the local NavTalk emulator")
     _add_config(p)
     try:
-        from agent.emulator import server as emulator_server
+        from agent.emulator import cli as emulator_cli
 
-        emulator_server.add_cli_arguments(p)
+        emulator_cli.add_cli_arguments(p)
     except ImportError as exc:  # pragma: no cover - only while the emulator is missing
         p.set_defaults(_emulator_missing=str(exc))
 
@@ -172,9 +172,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         if missing:
             print(f"navtalk-agent: the emulator is not available: {missing}", file=sys.stderr)
             return 1
-        from agent.emulator import server as emulator_server
+        from agent.emulator import cli as emulator_cli
 
-        code: int = emulator_server.main(args, settings)
+        code: int = emulator_cli.main(args, settings)
         return code
     if cmd == "history":
         from services.session import clear_history

@@ -13,7 +13,9 @@ with ``strict_fail`` the offending connection gets a ``realtime.error`` event an
 close, and ``navtalk-agent emulator`` exits with status 1 at the end.
 
 Used three ways: ``navtalk-agent emulator`` (:mod:`agent.emulator.cli`), embedded by the
-supervisor (which runs that command), and in tests (:class:`Emulator`).
+supervisor (which runs that command), and in tests (:class:`Emulator`). Module graph, no
+cycles: cli -> server -> session -> (brain -> script, faults, vad, conformance, outputs,
+frames), rtc -> avatar -> media, recognizer, speech, tts, tls.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import time
 import uuid
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection
@@ -43,12 +44,7 @@ from agent.emulator.tts import Tts
 from agent.navtalk.settings import EmulatorSettings
 from agent.navtalk.url import RedactFilter, redact, register_secret
 
-if TYPE_CHECKING:
-    import argparse
-
-    from agent.config import Settings
-
-__all__ = ["PATH", "Emulator", "SessionRecord", "add_cli_arguments", "main", "serve"]
+__all__ = ["PATH", "Emulator", "SessionRecord", "serve"]
 
 logger = logging.getLogger(__name__)
 logger.addFilter(RedactFilter())
@@ -294,15 +290,3 @@ async def serve(settings: EmulatorSettings, *, ready: Callable[[int], None] | No
         await asyncio.Future()  # until cancelled
     finally:
         await emulator.close()
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    from agent.emulator.cli import add_cli_arguments as add
-
-    add(parser)
-
-
-def main(args: argparse.Namespace, settings: Settings) -> int:
-    from agent.emulator.cli import main as cli_main
-
-    return cli_main(args, settings)
