@@ -83,7 +83,7 @@ class EmulatorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     strict_fail: bool = True  # a conformance violation closes the socket, fails the run
     conformance_log_path: str = ""  # append each violation as a JSON line here ("" = off)
     offer_deadline_s: PosFloat = 3.0  # a server WebRTC offer unanswered this long = violation
-    # --- fault injection (also triggered by license values, see agent.emulator.brain) ----------
+    # --- fault injection (also triggered by license values, see agent.emulator.faults) ---------
     reject_license: bool = False  # answer every connection with conversation.connected.fail
     insufficient_balance: bool = False  # send insufficient_balance then close
     duplicate_name_warning: bool = False  # send conversation.connected.warning after success
