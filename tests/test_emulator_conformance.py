@@ -123,6 +123,29 @@ async def test_audio_before_session_updated() -> None:
             assert v.kind is ViolationKind.AUDIO_BEFORE_UPDATED
 
 
+async def test_item_before_session_created() -> None:
+    async with Emulator(settings(), script=SCRIPT, created_delay_s=30.0) as emu:
+        async with connect(f"{emu.base_url}?license=abc&name=Leo") as ws:
+            await until(ws, "conversation.connected.success")
+            await ws.send(DECLARE)  # allowed at once, as the SDK does
+            item = {"type": "message", "role": "user",
+                    "content": [{"type": "input_text", "text": "hello"}]}  # fmt: skip
+            await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+            (v,) = await emu.wait_violations(1, TIMEOUT)
+            assert v.kind is ViolationKind.ITEM_BEFORE_CREATED
+
+
+async def test_client_offer_while_the_server_offer_is_unanswered() -> None:
+    async with Emulator(settings(webrtc=True), script=SCRIPT) as emu:
+        async with connect(f"{emu.base_url}?license=abc&name=Leo") as ws:
+            await until(ws, "webrtc.signaling.offer")
+            offer = {"type": "webrtc.signaling.offer",
+                     "data": {"sdp": {"type": "offer", "sdp": "v=0\r\n"}}}  # fmt: skip
+            await ws.send(json.dumps(offer))
+            (v,) = await emu.wait_violations(1, TIMEOUT)
+            assert v.kind is ViolationKind.CLIENT_OFFER_WHILE_OFFER_PENDING
+
+
 async def test_binary_frame() -> None:
     async with Emulator(settings(), script=SCRIPT) as emu:
         async with connect(f"{emu.base_url}?license=abc&name=Leo") as ws:

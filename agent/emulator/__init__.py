@@ -8,6 +8,7 @@ One module per concern::
     rtc          the aiortc peer connection (avatar video + voice)
     brain        sans-I/O state machine (Phase enum): client frames in, outputs out
     outputs      what the brain asks the shell to do
+    stats        what a client did in one connection (SessionStats)
     conformance  client-message shape checks and Violation kinds
     frames       server events built by the brain (function calls, errors, tool replies)
     script       the conversation script: loading, validation, readable replies

@@ -25,8 +25,7 @@ import binascii
 import enum
 import json
 import logging
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agent.emulator.conformance import Violation, ViolationKind, check_shape
@@ -54,9 +53,10 @@ from agent.emulator.outputs import (
     StartWebRtc,
 )
 from agent.emulator.script import Rule, Script, render
+from agent.emulator.stats import SessionStats
 from agent.emulator.vad import UtteranceRecorder, VadEvent, VoiceDetector
 
-__all__ = ["Brain", "Phase", "SessionStats"]
+__all__ = ["Brain", "Phase", "SessionStats"]  # SessionStats is re-exported (stats.py)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class Phase(enum.Enum):
 
 
 class _Timer(enum.Enum):
+    CREATED = "created"
     UPDATED = "updated"
     DROP = "drop"
     OFFER_DEADLINE = "offer_deadline"
@@ -82,29 +83,6 @@ class _PendingTool:
     rule: Rule
     arguments: dict[str, Any]
     output: str | None = None
-
-
-@dataclass(slots=True)
-class SessionStats:
-    """What the client did, for tests and benchmarks."""
-
-    received: Counter[str] = field(default_factory=Counter)
-    audio_bytes: int = 0
-    violations: list[Violation] = field(default_factory=list)
-    history: list[str] = field(default_factory=list)  # user text items received
-    declared_tools: set[str] = field(default_factory=set)
-    declarations: int = 0  # tool declarations received (input_function_call, session.update)
-    tool_outputs: dict[str, str] = field(default_factory=dict)  # call_id -> output
-    heard: list[str] = field(default_factory=list)  # transcripts
-    recognized: list[bool] = field(default_factory=list)  # per utterance: a line matched?
-    replies: list[str] = field(default_factory=list)  # response texts
-    errors_sent: list[str] = field(default_factory=list)  # error codes sent to the client
-    images: int = 0
-    malformed: int = 0
-
-    @property
-    def order_violations(self) -> list[str]:
-        return [v.detail for v in self.violations]
 
 
 class Brain:
@@ -121,6 +99,7 @@ class Brain:
         vad_end_ms: int = 600,
         offer_deadline_s: float = OFFER_DEADLINE_S,
         updated_delay_s: float = UPDATED_DELAY_S,
+        created_delay_s: float = 0.0,
     ) -> None:
         self.script = script
         self.faults = faults if faults is not None else Faults()
@@ -129,6 +108,7 @@ class Brain:
         self.webrtc = webrtc
         self.offer_deadline_s = offer_deadline_s
         self.updated_delay_s = updated_delay_s
+        self.created_delay_s = created_delay_s
         self.stats = SessionStats()
         self._phase = Phase.CONNECTING
         self._vad = VoiceDetector(vad_mode, vad_start_ms, vad_end_ms)
@@ -178,7 +158,9 @@ class Brain:
         for _, kind in due:
             if self._phase is Phase.CLOSED:
                 break
-            if kind is _Timer.UPDATED:
+            if kind is _Timer.CREATED:
+                out += self._session_created(now)
+            elif kind is _Timer.UPDATED:
                 out += self._session_updated()
             elif kind is _Timer.DROP:
                 logger.info("= emulator fault: dropping session %s", self.session_id)
@@ -231,12 +213,18 @@ class Brain:
             )
         if self.webrtc:
             out.append(StartWebRtc())
-        out.append(Send({"type": "realtime.session.created", "data": {}}))
-        self._set_phase(Phase.CREATED, "session.created sent")
-        self._timers.append((now + self.updated_delay_s, _Timer.UPDATED))
+        if self.created_delay_s > 0:  # the real service first connects upstream
+            self._timers.append((now + self.created_delay_s, _Timer.CREATED))
+        else:
+            out += self._session_created(now)
         if self.faults.drop_after_s > 0:
             self._timers.append((now + self.faults.drop_after_s, _Timer.DROP))
         return out
+
+    def _session_created(self, now: float) -> list[Output]:
+        self._set_phase(Phase.CREATED, "session.created sent")
+        self._timers.append((now + self.updated_delay_s, _Timer.UPDATED))
+        return [Send({"type": "realtime.session.created", "data": {}})]
 
     def _refuse(self, message: str) -> list[Output]:
         self._set_phase(Phase.CLOSED, message)

@@ -67,9 +67,11 @@ class Emulator:
         script: Script | None = None,
         observer: Observer | None = None,
         updated_delay_s: float = UPDATED_DELAY_S,
+        created_delay_s: float = 0.0,
     ) -> None:
         self.settings = settings
         self.updated_delay_s = updated_delay_s  # session.created -> session.updated
+        self.created_delay_s = created_delay_s  # connected.success -> session.created
         self.script = script if script is not None else Script.load(settings.script_path or None)
         self.observer = observer
         self.faults = Faults(
@@ -235,6 +237,7 @@ class Emulator:
             vad_end_ms=s.vad_end_ms,
             offer_deadline_s=s.offer_deadline_s,
             updated_delay_s=self.updated_delay_s,
+            created_delay_s=self.created_delay_s,
         )
         record = SessionRecord(
             index=len(self.sessions) + 1,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from agent.emulator.brain import Brain, SessionStats
+from agent.emulator.brain import Brain
 from agent.emulator.conformance import Violation
 from agent.emulator.faults import Faults
 from agent.emulator.outputs import (
@@ -34,6 +34,7 @@ from agent.emulator.outputs import (
 )
 from agent.emulator.rtc import RtcLink
 from agent.emulator.speech import response_frames
+from agent.emulator.stats import SessionStats
 
 if TYPE_CHECKING:
     from agent.emulator.server import Emulator
