@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import soxr
 
+from agent.errors import ConfigError
+
 __all__ = ["GrammarRecognizer", "OrderRecognizer", "RecognizerMode", "normalize"]
 
 logger = logging.getLogger(__name__)
@@ -63,7 +65,13 @@ class GrammarRecognizer:
     """pocketsphinx with a grammar of the script's lines. Thread-safe (one decoder, locked)."""
 
     def __init__(self, lines: Sequence[str]) -> None:
-        from pocketsphinx import Config, Decoder
+        try:
+            from pocketsphinx import Config, Decoder
+        except ImportError as exc:
+            raise ConfigError(
+                "[emulator] recognizer = 'speech' needs the pocketsphinx package "
+                "(pip install pocketsphinx), or set recognizer = 'order'"
+            ) from exc
 
         self._decoder: Any = Decoder(Config(lm=None, loglevel="FATAL"))
         self._lock = threading.Lock()

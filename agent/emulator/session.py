@@ -68,7 +68,8 @@ class SessionRecord:
     sent: list[str] = field(default_factory=list)  # types of the frames we sent, in order
     rtc_states: list[str] = field(default_factory=list)  # connectionState changes
     client_offers: int = 0
-    offers_sent_mono: list[float] = field(default_factory=list)
+    offers_sent_mono: list[float] = field(default_factory=list)  # server offers sent
+    answers_mono: list[float] = field(default_factory=list)  # client answers received
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -176,6 +177,8 @@ class Session:
                 case StartWebRtc():
                     self.rtc.start_offer()
                 case RemoteSdp() | RemoteIce():
+                    if isinstance(out, RemoteSdp) and out.sdp_type == "answer":
+                        self.record.answers_mono.append(time.monotonic())
                     self._spawn(self._signal(out), "emu-signal")
                 case Recognize():
                     self._spawn(self._recognize(out), "emu-recognize")
