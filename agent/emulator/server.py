@@ -147,7 +147,8 @@ class Emulator:
         for sess in list(self._live):
             await sess.cleanup()
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            # A recognition under way finishes in well under a second; wait off the loop.
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
             self._executor = None
         if self.violations:
             logger.warning(
