@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("emulator", help="run the local NavTalk emulator")
     _add_config(p)
     try:
-        from agent.emulator import server as emulator_server
+        from agent.emulator import cli as emulator_cli
 
-        emulator_server.add_cli_arguments(p)
+        emulator_cli.add_cli_arguments(p)
     except ImportError as exc:  # pragma: no cover - only while the emulator is missing
         p.set_defaults(_emulator_missing=str(exc))
 
@@ -218,10 +218,10 @@ _ENDPOINT = re.compile(r"(ipc://.+|tcp://[^:/]+:\d{1,5}|inproc://.+)")
 def _emulator(args: argparse.Namespace, settings: Settings) -> int:
     """``navtalk-agent emulator``: its flags are checked like the config (one line, exit 2)."""
     from agent import preflight
-    from agent.emulator import server as emulator_server
+    from agent.emulator import cli as emulator_cli_mod
 
     try:
-        emu = emulator_server.settings_from_args(args, settings.emulator)
+        emu = emulator_cli_mod.settings_from_args(args, settings.emulator)
     except msgspec.ValidationError as exc:
         flag = {"port": "--port", "host": "--host", "pace": "--pace"}
         flag["drop_after_s"] = "--drop-after"
@@ -237,5 +237,5 @@ def _emulator(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"emulator --script {args.script}: no such file")
     settings = msgspec.structs.replace(settings, emulator=emu)
     preflight.check(settings, ["emulator"])
-    code: int = emulator_server.main(args, settings)
+    code: int = emulator_cli_mod.main(args, settings)
     return code

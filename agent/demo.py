@@ -130,6 +130,7 @@ def overrides_for(outputs: Outputs, *, window: bool, script: Path | None) -> lis
         f'display.file_path="{outputs.avatar_mp4}"',
         f'session.history_db_path="{outputs.history_db}"',
         f'log.dir="{outputs.logs}"',
+        f'emulator.conformance_log_path="{outputs.out / "conformance.jsonl"}"',
     ]
     if window:
         sets.append('display.backend="window"')

@@ -31,7 +31,7 @@ import msgspec
 from agent import topics
 from agent.bus import Bus, Proxy
 from agent.config import BusSettings, ControlPlane, MediaPlane, Settings, default_settings
-from agent.emulator.brain import Script
+from agent.emulator.script import Script
 from agent.emulator.server import Emulator, SessionRecord
 from agent.messages import AudioFrame, SessionPhase, SessionState
 from agent.navtalk.settings import EmulatorSettings, NavTalkSettings, SessionSettings

@@ -12,7 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from agent.emulator.brain import Script
+from agent.emulator.script import Script
 from agent.emulator.server import Emulator
 from agent.navtalk import events as ev
 from agent.navtalk.protocol import NavTalkProtocol, SessionStatus
@@ -143,4 +143,8 @@ async def test_server_offer_is_loopback_and_a_restarted_client_renegotiates() ->
             finally:
                 for peer in peers:
                     await peer.close()
-        assert len(emu.sessions) == 1 and emu.sessions[0].client_offers == 1
+        record = emu.sessions[0]
+        assert len(emu.sessions) == 1 and record.client_offers == 1
+        assert len(record.offers_sent_mono) == 1 and len(record.answers_mono) == 1
+        assert record.answers_mono[0] > record.offers_sent_mono[0]
+        assert emu.violations == []

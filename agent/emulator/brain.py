@@ -1,302 +1,81 @@
 """The emulator's conversation logic, sans I/O: client frames in, server frames and actions out.
 
-One :class:`Brain` per WebSocket session. It follows NAVTALK_PROTOCOL.md as a
-server: connection events, then ``realtime.session.created``, then (shortly
-after) ``realtime.session.updated``; server VAD on the received audio
-(webrtcvad at 16 kHz after soxr resampling) with ``speech_started`` /
-``speech_stopped``; a scripted "transcription" (there is no ASR: the n-th
-utterance is the n-th ``hears`` entry of the script); rules that reply or call a
-declared tool; function-call events with both ``data`` and ``raw_data`` [wire].
+One :class:`Brain` per WebSocket connection. It follows NAVTALK_PROTOCOL.md as a server:
+connection events, then ``realtime.session.created``, then (shortly after)
+``realtime.session.updated``; server VAD on the received audio with ``speech_started`` /
+``speech_stopped``; recognition of the utterance (:class:`~agent.emulator.outputs.Recognize`,
+run by the shell off the event loop) against the script's ``hears`` lines; rules that reply
+or call a declared tool; function-call events with both ``data`` and ``raw_data`` [wire].
 
-No sockets, no clock: the shell (:mod:`agent.emulator.server`) passes ``now``
-(monotonic seconds), runs the timers via :meth:`Brain.tick`, synthesizes the
-speech for :class:`Respond` actions and paces the frames from
-:meth:`Brain.response_frames`.
+Strict, in the real service's order: on a barge-in ``speech_started`` goes out before the
+cut response's ``audio.done``; function-call events wait behind the speech in flight
+(:class:`~agent.emulator.outputs.Enqueue`); ``response.create`` while a response is active
+gets an error event. Every client message is checked (:mod:`agent.emulator.conformance`)
+and each violation is reported (:class:`~agent.emulator.outputs.Report`).
 
-Fault injection: by :class:`Faults` flags, or by tokens in the license value
-(split on ``-``, ``_``, ``+`` or ``,``; case-insensitive):
-
-=================  =====================================================================
-``reject``/``bad`` ``conversation.connected.fail`` then close
-``nobalance``      ``conversation.connected.insufficient_balance`` then close
-``dupname``        ``conversation.connected.warning`` (duplicate avatar name) after success
-``drop<S>``        the socket is dropped without a close frame S seconds after success
-``malformed``      malformed and unknown frames are sent after ``session.updated``
-=================  =====================================================================
+No sockets, no clock: the shell (:mod:`agent.emulator.session`) passes ``now`` (monotonic
+seconds), runs the timers via :meth:`Brain.tick`, and tells the brain when things happened
+(:meth:`offer_sent`, :meth:`response_done`, :meth:`recognized`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 import logging
-import re
-import tomllib
-from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from importlib import resources
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import soxr
-import webrtcvad
+from agent.emulator.conformance import Violation, ViolationKind, check_shape
+from agent.emulator.faults import Faults
+from agent.emulator.frames import (
+    ACTIVE_RESPONSE_CODE,
+    active_response_error,
+    catalog_key,
+    function_call_frames,
+    image_size,
+    tool_reply,
+)
+from agent.emulator.outputs import (
+    CancelResponses,
+    Close,
+    Drop,
+    Enqueue,
+    Output,
+    Recognize,
+    RemoteIce,
+    RemoteSdp,
+    Report,
+    Respond,
+    Send,
+    StartWebRtc,
+)
+from agent.emulator.script import Rule, Script, render
+from agent.emulator.stats import SessionStats
+from agent.emulator.vad import UtteranceRecorder, VadEvent, VoiceDetector
 
-__all__ = [
-    "Brain",
-    "CancelResponses",
-    "Close",
-    "Drop",
-    "Faults",
-    "Output",
-    "RemoteIce",
-    "RemoteSdp",
-    "Respond",
-    "Rule",
-    "Script",
-    "Send",
-    "StartWebRtc",
-    "VoiceDetector",
-    "render",
-]
+__all__ = ["Brain", "Phase", "SessionStats"]  # SessionStats is re-exported (stats.py)
 
 logger = logging.getLogger(__name__)
 
-IN_RATE_HZ = 24_000  # what clients send [seed]
-VAD_RATE_HZ = 16_000
-VAD_FRAME_MS = 30
-VAD_FRAME_BYTES = VAD_RATE_HZ * VAD_FRAME_MS // 1000 * 2
 UPDATED_DELAY_S = 0.05  # session.created -> session.updated (the SDK sends history in between)
-AUDIO_CHUNK_MS = 100  # audio.delta size
+OFFER_DEADLINE_S = 3.0  # a server offer unanswered this long is a violation
 
 
-# --- script ------------------------------------------------------------------------------
+class Phase(enum.Enum):
+    CONNECTING = "connecting"  # socket open, nothing sent yet
+    CREATED = "created"  # realtime.session.created sent: the client may send items
+    READY = "ready"  # realtime.session.updated sent: the client may stream audio
+    CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
-class Rule:
-    match: str  # case-insensitive substring of what was heard
-    reply: str = ""
-    tool: str = ""
-    arguments: Mapping[str, Any] = field(default_factory=dict)
-    regex: str = ""  # optional; named groups fill {name} in `arguments`
-
-
-@dataclass(frozen=True, slots=True)
-class Script:
-    greeting: str = ""
-    fallback: str = "I did not understand."
-    tool_error_reply: str = "Sorry, that did not work: {error.message}"
-    image_reply: str = "I can see the picture."
-    no_tool_reply: str = "I cannot do that."
-    hears: tuple[str, ...] = ()
-    rules: tuple[Rule, ...] = ()
-
-    @classmethod
-    def load(cls, path: str | Path | None = None) -> Script:
-        """Read a TOML script; ``None`` or "" = the built-in ``default_script.toml``."""
-        if path:
-            raw = Path(path).read_bytes()
-        else:
-            raw = resources.files("agent.emulator").joinpath("default_script.toml").read_bytes()
-        return cls.from_dict(tomllib.loads(raw.decode("utf-8")))
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Script:
-        rules = tuple(
-            Rule(
-                match=str(r.get("match", "")),
-                reply=str(r.get("reply", "")),
-                tool=str(r.get("tool", "")),
-                arguments=dict(r.get("arguments", {})),
-                regex=str(r.get("regex", "")),
-            )
-            for r in d.get("rules", [])
-        )
-        base = cls()
-        return cls(
-            greeting=str(d.get("greeting", base.greeting)),
-            fallback=str(d.get("fallback", base.fallback)),
-            tool_error_reply=str(d.get("tool_error_reply", base.tool_error_reply)),
-            image_reply=str(d.get("image_reply", base.image_reply)),
-            no_tool_reply=str(d.get("no_tool_reply", base.no_tool_reply)),
-            hears=tuple(str(h) for h in d.get("hears", [])),
-            rules=rules,
-        )
-
-    def find(self, text: str) -> tuple[Rule, dict[str, str]] | None:
-        lowered = text.lower()
-        for rule in self.rules:
-            if rule.match and rule.match.lower() not in lowered:
-                continue
-            groups: dict[str, str] = {}
-            if rule.regex:
-                m = re.search(rule.regex, text, re.IGNORECASE)
-                if m is None:
-                    continue
-                groups = {k: v.strip() for k, v in m.groupdict().items() if v is not None}
-            return rule, groups
-        return None
-
-
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][\w.]*)\}")
-
-
-def render(template: str, context: Mapping[str, Any]) -> str:
-    """Replace ``{a.b.c}`` with ``context["a"]["b"]["c"]``; unknown paths fall back to the
-    nearest known parent (so ``{output.time}`` shows the whole output if it has no ``time``)."""
-
-    def sub(m: re.Match[str]) -> str:
-        value: Any = context
-        for part in m.group(1).split("."):
-            if isinstance(value, Mapping) and part in value:
-                value = value[part]
-            elif value is context:
-                return m.group(0)
-            else:
-                break
-        if isinstance(value, str):
-            return value
-        return json.dumps(value) if isinstance(value, dict | list) else str(value)
-
-    return _PLACEHOLDER.sub(sub, template)
-
-
-# --- faults ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Faults:
-    reject: bool = False
-    insufficient_balance: bool = False
-    duplicate_name: bool = False
-    drop_after_s: float = 0.0
-    malformed: bool = False
-
-    def with_license(self, license: str) -> Faults:
-        """These faults plus those named by tokens in ``license`` (see the module doc)."""
-        f = self
-        for token in re.split(r"[-_+,]", license.lower()):
-            if token in ("reject", "bad", "invalid"):
-                f = replace(f, reject=True)
-            elif token == "nobalance":
-                f = replace(f, insufficient_balance=True)
-            elif token == "dupname":
-                f = replace(f, duplicate_name=True)
-            elif token == "malformed":
-                f = replace(f, malformed=True)
-            elif m := re.fullmatch(r"drop(\d+(?:\.\d+)?)", token):
-                f = replace(f, drop_after_s=float(m.group(1)))
-        return f
-
-
-# --- outputs -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send this frame now (a dict is JSON-encoded; a str goes as it is: malformed tests)."""
-
-    frame: Mapping[str, Any] | str
-
-
-@dataclass(frozen=True, slots=True)
-class Respond:
-    """Speak ``text`` as response ``response_id``: synthesize, then send
-    :meth:`Brain.response_frames` paced in real time, and feed the avatar's voice."""
-
-    response_id: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class CancelResponses:
-    """Barge-in: stop the response being spoken and drop the queued ones."""
-
-
-@dataclass(frozen=True, slots=True)
-class StartWebRtc:
-    """Create the peer connection and send ``webrtc.signaling.offer`` (candidates in the SDP)."""
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteSdp:
-    sdp_type: str  # "answer" to our offer, or "offer" (client renegotiation)
-    sdp: str
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteIce:
-    candidate: str
-    sdp_mid: str | None
-    sdp_mline_index: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """Close the socket with a close frame."""
-
-    code: int = 1000
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Drop:
-    """Drop the TCP connection without a close frame (fault injection)."""
-
-
-Output = Send | Respond | CancelResponses | StartWebRtc | RemoteSdp | RemoteIce | Close | Drop
-
-
-# --- VAD ---------------------------------------------------------------------------------
-
-
-class VoiceDetector:
-    """Server VAD: PCM16 24 kHz in, ("start"|"stop", audio time s) out. Audio time is the
-    received audio's own clock (samples received), not the wall clock."""
-
-    def __init__(self, mode: int = 3, start_ms: int = 90, end_ms: int = 600) -> None:
-        self._vad = webrtcvad.Vad(mode)
-        self._resampler = soxr.ResampleStream(IN_RATE_HZ, VAD_RATE_HZ, 1, dtype="int16")
-        self._buf = bytearray()
-        self._start_frames = max(1, start_ms // VAD_FRAME_MS)
-        self._end_frames = max(1, end_ms // VAD_FRAME_MS)
-        self._voiced = 0
-        self._silent = 0
-        self._frames = 0
-        self.speaking = False
-        self.started_at_s = 0.0
-
-    def feed(self, pcm24k: bytes) -> list[tuple[str, float]]:
-        usable = len(pcm24k) - len(pcm24k) % 2
-        x = np.frombuffer(pcm24k[:usable], dtype="<i2")
-        y = self._resampler.resample_chunk(x)
-        self._buf += np.asarray(y, dtype="<i2").tobytes()
-        out = []
-        while len(self._buf) >= VAD_FRAME_BYTES:
-            frame = bytes(self._buf[:VAD_FRAME_BYTES])
-            del self._buf[:VAD_FRAME_BYTES]
-            self._frames += 1
-            t = self._frames * VAD_FRAME_MS / 1000
-            if self._vad.is_speech(frame, VAD_RATE_HZ):
-                self._voiced += 1
-                self._silent = 0
-            else:
-                self._silent += 1
-                self._voiced = 0
-            if not self.speaking and self._voiced >= self._start_frames:
-                self.speaking = True
-                self.started_at_s = t - self._voiced * VAD_FRAME_MS / 1000
-                out.append(("start", self.started_at_s))
-            elif self.speaking and self._silent >= self._end_frames:
-                self.speaking = False
-                out.append(("stop", t - self._silent * VAD_FRAME_MS / 1000))
-        return out
-
-
-# --- the brain -----------------------------------------------------------------------------
+class _Timer(enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    DROP = "drop"
+    OFFER_DEADLINE = "offer_deadline"
 
 
 @dataclass(slots=True)
@@ -306,54 +85,66 @@ class _PendingTool:
     output: str | None = None
 
 
-@dataclass(slots=True)
-class SessionStats:
-    """What the client did, for tests and benchmarks."""
-
-    received: Counter[str] = field(default_factory=Counter)
-    audio_bytes: int = 0
-    order_violations: list[str] = field(default_factory=list)
-    history: list[str] = field(default_factory=list)  # user text items received
-    declared_tools: set[str] = field(default_factory=set)
-    tool_outputs: dict[str, str] = field(default_factory=dict)  # call_id -> output
-    heard: list[str] = field(default_factory=list)  # transcripts (scripted)
-    replies: list[str] = field(default_factory=list)  # response texts
-    images: int = 0
-    malformed: int = 0
-
-
 class Brain:
     def __init__(
         self,
         script: Script,
         *,
-        faults: Faults = Faults(),
+        faults: Faults | None = None,
         session_id: str = "emu-session",
         avatar_id: str = "",
         webrtc: bool = True,
         vad_mode: int = 3,
         vad_start_ms: int = 90,
         vad_end_ms: int = 600,
+        offer_deadline_s: float = OFFER_DEADLINE_S,
+        updated_delay_s: float = UPDATED_DELAY_S,
+        created_delay_s: float = 0.0,
     ) -> None:
         self.script = script
-        self.faults = faults
+        self.faults = faults if faults is not None else Faults()
         self.session_id = session_id
         self.avatar_id = avatar_id
         self.webrtc = webrtc
+        self.offer_deadline_s = offer_deadline_s
+        self.updated_delay_s = updated_delay_s
+        self.created_delay_s = created_delay_s
         self.stats = SessionStats()
+        self._phase = Phase.CONNECTING
         self._vad = VoiceDetector(vad_mode, vad_start_ms, vad_end_ms)
-        self._created = False
-        self._updated = False
-        self._closed = False
-        self._timers: list[tuple[float, str]] = []
+        self._timers: list[tuple[float, _Timer]] = []
         self._n = 0  # id counter
-        self._utterances = 0
         self._unanswered: list[str] = []  # user text items since the last response.create
         self._calls: dict[str, _PendingTool] = {}
+        self._active: list[str] = []  # response ids queued or in flight, oldest first
+        self._catalog: str | None = None  # the declared tools, canonical JSON
+        self._offer_pending = False
+        self._recorder = UtteranceRecorder()
+        self._utterances = 0
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def _set_phase(self, new: Phase, why: str) -> None:
+        if new is not self._phase:
+            logger.info(
+                "= emulator %s: %s -> %s (%s)", self.session_id, self._phase.value, new.value, why
+            )
+            self._phase = new
+
+    @property
+    def response_active(self) -> bool:
+        return bool(self._active)
 
     def _id(self, prefix: str) -> str:
         self._n += 1
         return f"{prefix}_{self.session_id[-6:]}_{self._n}"
+
+    def _violate(self, kind: ViolationKind, detail: str, now: float, msg: str = "") -> Report:
+        v = Violation(kind, detail, msg, self.session_id, now)
+        self.stats.violations.append(v)
+        return Report(v)
 
     # --- timers --------------------------------------------------------------------------
 
@@ -361,18 +152,29 @@ class Brain:
         return min((t for t, _ in self._timers), default=None)
 
     def tick(self, now: float) -> list[Output]:
-        due = sorted((t, k) for t, k in self._timers if t <= now)
+        due = sorted(((t, k) for t, k in self._timers if t <= now), key=lambda x: x[0])
         self._timers = [(t, k) for t, k in self._timers if t > now]
         out: list[Output] = []
         for _, kind in due:
-            if self._closed:
+            if self._phase is Phase.CLOSED:
                 break
-            if kind == "updated":
+            if kind is _Timer.CREATED:
+                out += self._session_created(now)
+            elif kind is _Timer.UPDATED:
                 out += self._session_updated()
-            elif kind == "drop":
+            elif kind is _Timer.DROP:
                 logger.info("= emulator fault: dropping session %s", self.session_id)
-                self._closed = True
+                self._set_phase(Phase.CLOSED, "drop fault")
                 out.append(Drop())
+            elif kind is _Timer.OFFER_DEADLINE and self._offer_pending:
+                out.append(
+                    self._violate(
+                        ViolationKind.OFFER_UNANSWERED,
+                        f"the server's WebRTC offer had no answer within "
+                        f"{self.offer_deadline_s:g} s",
+                        now,
+                    )
+                )
         return out
 
     # --- opening --------------------------------------------------------------------------
@@ -384,7 +186,7 @@ class Brain:
         if self.faults.reject:
             return self._refuse("Invalid license")
         if self.faults.insufficient_balance:
-            self._closed = True
+            self._set_phase(Phase.CLOSED, "insufficient balance fault")
             return [
                 Send({"type": "conversation.connected.insufficient_balance", "data": {}}),
                 Close(1000, "Insufficient points"),
@@ -411,22 +213,28 @@ class Brain:
             )
         if self.webrtc:
             out.append(StartWebRtc())
-        out.append(Send({"type": "realtime.session.created", "data": {}}))
-        self._created = True
-        self._timers.append((now + UPDATED_DELAY_S, "updated"))
+        if self.created_delay_s > 0:  # the real service first connects upstream
+            self._timers.append((now + self.created_delay_s, _Timer.CREATED))
+        else:
+            out += self._session_created(now)
         if self.faults.drop_after_s > 0:
-            self._timers.append((now + self.faults.drop_after_s, "drop"))
+            self._timers.append((now + self.faults.drop_after_s, _Timer.DROP))
         return out
 
+    def _session_created(self, now: float) -> list[Output]:
+        self._set_phase(Phase.CREATED, "session.created sent")
+        self._timers.append((now + self.updated_delay_s, _Timer.UPDATED))
+        return [Send({"type": "realtime.session.created", "data": {}})]
+
     def _refuse(self, message: str) -> list[Output]:
-        self._closed = True
+        self._set_phase(Phase.CLOSED, message)
         return [
             Send({"type": "conversation.connected.fail", "message": message}),
             Close(1000, message),
         ]
 
     def _session_updated(self) -> list[Output]:
-        self._updated = True
+        self._set_phase(Phase.READY, "session.updated sent")
         out: list[Output] = [Send({"type": "realtime.session.updated", "data": {}})]
         if self.faults.malformed:
             out += [
@@ -440,146 +248,174 @@ class Brain:
             out.append(self._respond(self.script.greeting))
         return out
 
-    # --- receiving ---------------------------------------------------------------------------
+    # --- events from the shell -----------------------------------------------------------
 
-    def receive_text(self, text: str, now: float) -> list[Output]:
-        if self._closed:
-            return []
-        try:
-            frame = json.loads(text)
-        except ValueError:
-            self.stats.malformed += 1
-            logger.warning("< emulator: client sent malformed JSON")
-            return []
-        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-            self.stats.malformed += 1
-            return []
-        kind: str = frame["type"]
-        self.stats.received[kind] += 1
-        data = frame.get("data") if isinstance(frame.get("data"), dict) else {}
-        assert isinstance(data, dict)
-        if kind == "realtime.input_audio_buffer.append":
-            return self._audio(data)
-        if kind == "realtime.input_function_call":
-            self._declare_from_content(data.get("content"))
-            return []
-        if kind == "session.update":
-            session = frame.get("session")
-            if isinstance(session, dict) and isinstance(session.get("tools"), list):
-                self._declare(session["tools"])
-            return []
-        if kind == "conversation.item.create":
-            return self._item(frame.get("item"))
-        if kind == "response.create":
-            return self._response_create()
-        if kind == "realtime.input_text":
-            text_in = data.get("content", data.get("text"))  # inferred payload {data: {content}}
-            if isinstance(text_in, str) and self._check_items("realtime.input_text"):
-                return self._answer(text_in)
-            return []
-        if kind == "realtime.input_image":
-            return self._image(data)
-        if kind == "webrtc.signaling.answer" or kind == "webrtc.signaling.offer":
-            sdp = data.get("sdp")
-            if isinstance(sdp, dict):
-                sdp = sdp.get("sdp")
-            if isinstance(sdp, str):
-                return [RemoteSdp("answer" if kind.endswith("answer") else "offer", sdp)]
-            return []
-        if kind == "webrtc.signaling.iceCandidate":
-            cand = data.get("candidate")
-            if isinstance(cand, dict) and isinstance(cand.get("candidate"), str):
-                mid = cand.get("sdpMid")
-                index = cand.get("sdpMLineIndex")
-                return [
-                    RemoteIce(
-                        cand["candidate"],
-                        mid if isinstance(mid, str) and mid else None,
-                        index if isinstance(index, int) else None,
-                    )
-                ]
-            return []
-        logger.info("< emulator: ignoring client frame of type %s", kind)
+    def offer_sent(self, now: float) -> list[Output]:
+        """The server's WebRTC offer went out: it must be answered within the deadline."""
+        self._offer_pending = True
+        self._timers.append((now + self.offer_deadline_s, _Timer.OFFER_DEADLINE))
         return []
 
-    def _violation(self, what: str) -> None:
-        logger.warning("< emulator: protocol order violated: %s", what)
-        self.stats.order_violations.append(what)
+    def response_done(self, response_id: str, now: float) -> list[Output]:
+        """Response ``response_id`` has been sent completely (or was cancelled)."""
+        if response_id in self._active:
+            self._active.remove(response_id)
+        return []
 
-    def _check_items(self, what: str) -> bool:
-        if not self._created:
-            self._violation(f"{what} before realtime.session.created")
-            return False
-        return True
-
-    def _audio(self, data: dict[str, Any]) -> list[Output]:
-        b64 = data.get("audio")
-        if not isinstance(b64, str):
-            self.stats.malformed += 1
+    def recognized(self, utterance_id: int, line: str | None, now: float) -> list[Output]:
+        """The recognizer's verdict on an utterance: a script line, or None (the fallback)."""
+        if self._phase is Phase.CLOSED:
             return []
-        if len(b64) > 4096:
-            self._violation(f"audio chunk of {len(b64)} base64 chars (> 4096)")
-        try:
-            pcm = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError):
-            self._violation("audio chunk is not whole base64")
-            return []
-        if not self._updated:
-            self._violation("audio before realtime.session.updated")
-            return []
-        self.stats.audio_bytes += len(pcm)
-        out: list[Output] = []
-        for what, t in self._vad.feed(pcm):
-            if what == "start":
-                logger.info("= emulator VAD: speech started at %.2f s", t)
-                out.append(CancelResponses())  # barge-in
-                out.append(Send({"type": "realtime.input_audio_buffer.speech_started", "data": {}}))
-            else:
-                duration = t - self._vad.started_at_s
-                logger.info("= emulator VAD: speech stopped (%.2f s)", duration)
-                out.append(Send({"type": "realtime.input_audio_buffer.speech_stopped", "data": {}}))
-                out += self._utterance(duration)
-        return out
-
-    def _utterance(self, duration_s: float) -> list[Output]:
-        index = self._utterances
-        self._utterances += 1
-        if index < len(self.script.hears):
-            heard = self.script.hears[index]
-        else:
-            heard = f"(unrecognised speech, {duration_s:.1f} s)"
+        heard = line if line is not None else f"(unrecognised speech #{utterance_id})"
         self.stats.heard.append(heard)
-        item_id = self._id("item")
+        self.stats.recognized.append(line is not None)
         out: list[Output] = [
             Send(
                 {
                     "type": "realtime.conversation.item.input_audio_transcription.completed",
-                    "data": {"content": heard, "item_id": item_id},
+                    "data": {"content": heard, "item_id": self._id("item")},
                 }
             )
         ]
-        return out + self._answer(heard)
+        if line is None:
+            return [*out, self._respond(self.script.fallback)]
+        return out + self._answer(line)
 
-    def _item(self, item: Any) -> list[Output]:
-        if not isinstance(item, dict):
+    def receive_bytes(self, size: int, now: float) -> list[Output]:
+        self.stats.malformed += 1
+        return [self._violate(ViolationKind.BINARY_FRAME, f"binary frame of {size} bytes", now)]
+
+    # --- receiving ---------------------------------------------------------------------------
+
+    def receive_text(self, text: str, now: float) -> list[Output]:
+        if self._phase is Phase.CLOSED:
+            return []
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            frame = None
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             self.stats.malformed += 1
-            return []
-        if not self._check_items("conversation.item.create"):
-            return []
-        if item.get("type") == "message" and item.get("role") == "user":
-            texts = [
-                c.get("text", "")
-                for c in item.get("content", [])
-                if isinstance(c, dict) and c.get("type") == "input_text"
+            return [self._violate(ViolationKind.NOT_JSON, "not a JSON object with a type", now)]
+        kind: str = frame["type"]
+        self.stats.received[kind] += 1
+        problems = check_shape(frame)
+        out: list[Output] = [self._violate(k, d, now, kind) for k, d in problems]
+        if any(k is not ViolationKind.AUDIO_CHUNK_TOO_LARGE for k, _ in problems):
+            return out  # not usable
+        raw_data = frame.get("data")
+        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+        if kind == "realtime.input_audio_buffer.append":
+            return out + self._audio(data["audio"], now)
+        if kind == "realtime.input_function_call":
+            return out + self._declare_from_content(data["content"], now)
+        if kind == "session.update":
+            tools = frame["session"].get("tools")
+            return out + (self._declare(tools, now) if isinstance(tools, list) else [])
+        if kind == "conversation.item.create":
+            return out + self._item(frame["item"], now)
+        if kind == "response.create":
+            return out + self._response_create(now)
+        if kind == "realtime.input_text":
+            return out + self._input_text(data["content"], now)
+        if kind == "realtime.input_image":
+            return out + self._image(data, now)
+        if kind in ("webrtc.signaling.answer", "webrtc.signaling.offer"):
+            return out + self._remote_sdp(kind, data["sdp"]["sdp"], now)
+        if kind == "webrtc.signaling.iceCandidate":
+            cand = data["candidate"]
+            mid, index = cand.get("sdpMid"), cand.get("sdpMLineIndex")
+            return [
+                *out,
+                RemoteIce(
+                    cand["candidate"],
+                    mid if mid else None,
+                    index if isinstance(index, int) else None,
+                ),
             ]
-            text = " ".join(t for t in texts if isinstance(t, str))
+        logger.info("< emulator: %s accepted and ignored", kind)  # input_config: payload unknown
+        return out
+
+    def _items_allowed(self, what: str, now: float) -> list[Output]:
+        if self._phase is Phase.CONNECTING:
+            return [
+                self._violate(
+                    ViolationKind.ITEM_BEFORE_CREATED,
+                    f"{what} before realtime.session.created",
+                    now,
+                    what,
+                )
+            ]
+        return []
+
+    def _remote_sdp(self, kind: str, sdp: str, now: float) -> list[Output]:
+        out: list[Output] = []
+        if kind.endswith("answer"):
+            self._offer_pending = False
+            return [RemoteSdp("answer", sdp)]
+        if self._offer_pending:
+            out.append(
+                self._violate(
+                    ViolationKind.CLIENT_OFFER_WHILE_OFFER_PENDING,
+                    "client sent an offer while the server's offer was unanswered",
+                    now,
+                    kind,
+                )
+            )
+            self._offer_pending = False  # the client's offer replaces ours
+        return [*out, RemoteSdp("offer", sdp)]
+
+    # --- audio -------------------------------------------------------------------------------
+
+    def _audio(self, b64: str, now: float) -> list[Output]:
+        kind = "realtime.input_audio_buffer.append"
+        try:
+            pcm = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError):
+            return [
+                self._violate(ViolationKind.BAD_FIELD, "data.audio is not whole base64", now, kind)
+            ]
+        if self._phase is not Phase.READY:
+            return [
+                self._violate(
+                    ViolationKind.AUDIO_BEFORE_UPDATED,
+                    "audio before realtime.session.updated",
+                    now,
+                    kind,
+                )
+            ]
+        self.stats.audio_bytes += len(pcm)
+        self._recorder.feed(pcm)
+        out: list[Output] = []
+        for what, t in self._vad.feed(pcm):
+            if what is VadEvent.START:
+                logger.info("= emulator VAD: speech started at %.2f s", t)
+                # The real order: speech_started, then the cut response's audio.done.
+                out.append(Send({"type": "realtime.input_audio_buffer.speech_started", "data": {}}))
+                if self._active:
+                    out.append(CancelResponses())
+                    self._active.clear()
+                self._recorder.start()
+            else:
+                duration = t - self._vad.started_at_s
+                logger.info("= emulator VAD: speech stopped (%.2f s)", duration)
+                out.append(Send({"type": "realtime.input_audio_buffer.speech_stopped", "data": {}}))
+                self._utterances += 1
+                out.append(Recognize(self._utterances, self._recorder.stop(), duration))
+        return out
+
+    # --- items and responses -----------------------------------------------------------------
+
+    def _item(self, item: dict[str, Any], now: float) -> list[Output]:
+        early = self._items_allowed("conversation.item.create", now)
+        if early:
+            return early
+        if item.get("type") == "message":
+            text = " ".join(c["text"] for c in item["content"])
             self.stats.history.append(text)
             self._unanswered.append(text)
-        elif item.get("type") == "function_call_output":
-            call_id, output = item.get("call_id"), item.get("output")
-            if not isinstance(call_id, str) or not isinstance(output, str):
-                self._violation("function_call_output needs a string call_id and output")
-                return []
+        else:  # function_call_output (check_shape allows only these two)
+            call_id, output = item["call_id"], item["output"]
             self.stats.tool_outputs[call_id] = output
             call = self._calls.get(call_id)
             if call is None:
@@ -588,15 +424,20 @@ class Brain:
                 call.output = output
         return []
 
-    def _response_create(self) -> list[Output]:
-        if not self._check_items("response.create"):
-            return []
+    def _response_create(self, now: float) -> list[Output]:
+        early = self._items_allowed("response.create", now)
+        if early:
+            return early
+        if self._active:
+            return self._already_active(now)
         done = [(cid, c) for cid, c in self._calls.items() if c.output is not None]
         if done:
             out: list[Output] = []
             for cid, call in done:
                 del self._calls[cid]
-                out.append(self._respond(self._tool_reply(call)))
+                assert call.output is not None
+                reply = tool_reply(self.script, call.rule.reply, call.output, call.arguments)
+                out.append(self._respond(reply))
             return out
         if self._unanswered:
             text = self._unanswered[-1]
@@ -604,17 +445,25 @@ class Brain:
             return self._answer(text)
         return [self._respond(self.script.fallback)]
 
-    def _tool_reply(self, call: _PendingTool) -> str:
-        assert call.output is not None
-        try:
-            output: Any = json.loads(call.output)
-        except ValueError:
-            output = call.output
-        if isinstance(output, dict) and "error" in output and len(output) == 1:
-            error = output["error"]
-            ctx = {"error": error if isinstance(error, dict) else {"message": str(error)}}
-            return render(self.script.tool_error_reply, ctx)
-        return render(call.rule.reply, {"output": output, "args": call.arguments})
+    def _already_active(self, now: float) -> list[Output]:
+        """``response.create`` during a response: an error event (see
+        :func:`agent.emulator.frames.active_response_error` for the shape and its
+        uncertainty) and a conformance violation."""
+        active = self._active[0]
+        self.stats.errors_sent.append(ACTIVE_RESPONSE_CODE)
+        what = f"response.create while response {active} is active"
+        return [
+            self._violate(ViolationKind.RESPONSE_WHILE_ACTIVE, what, now, "response.create"),
+            Send(active_response_error(active, self._id("event"))),
+        ]
+
+    def _input_text(self, text: str, now: float) -> list[Output]:
+        early = self._items_allowed("realtime.input_text", now)
+        if early:
+            return early
+        if self._active:
+            return self._already_active(now)
+        return self._answer(text)
 
     def _answer(self, heard: str) -> list[Output]:
         found = self.script.find(heard)
@@ -628,128 +477,103 @@ class Brain:
         args = {
             k: render(v, groups) if isinstance(v, str) else v for k, v in rule.arguments.items()
         }
-        return self._function_call(rule, args)
+        return [self._function_call(rule, args)]
 
-    def _function_call(self, rule: Rule, args: dict[str, Any]) -> list[Output]:
-        call_id, response_id, item_id = self._id("call"), self._id("resp"), self._id("item")
+    def _function_call(self, rule: Rule, args: dict[str, Any]) -> Enqueue:
+        call_id, response_id = self._id("call"), self._id("resp")
         self._calls[call_id] = _PendingTool(rule, args)
         arguments = json.dumps(args)
-        half = len(arguments) // 2
-        out: list[Output] = []
-        for piece in (arguments[:half], arguments[half:]):
-            out.append(
-                Send(
-                    {
-                        "type": "realtime.response.function_call_arguments.delta",
-                        "data": {"call_id": call_id, "delta": piece, "response_id": response_id},
-                    }
-                )
-            )
-        raw = {  # the upstream OpenAI event [ios][wire]
-            "type": "response.function_call_arguments.done",
-            "event_id": self._id("event"),
-            "response_id": response_id,
-            "item_id": item_id,
-            "output_index": 0,
-            "call_id": call_id,
-            "name": rule.tool,
-            "arguments": arguments,
-        }
-        out.append(
-            Send(
-                {
-                    "type": "realtime.response.function_call_arguments.done",
-                    "data": {"call_id": call_id, "name": rule.tool, "arguments": arguments},
-                    "raw_data": raw,
-                }
-            )
+        frames = function_call_frames(
+            call_id=call_id,
+            response_id=response_id,
+            item_id=self._id("item"),
+            event_id=self._id("event"),
+            name=rule.tool,
+            arguments=arguments,
         )
-        logger.info("> emulator: function call %s %s(%s)", call_id, rule.tool, arguments)
-        return out
+        logger.info("> emulator: function call %s %s(%s) queued", call_id, rule.tool, arguments)
+        self._active.append(response_id)
+        return Enqueue(response_id, frames)
 
-    def _image(self, data: dict[str, Any]) -> list[Output]:
-        if not self._check_items("realtime.input_image"):
-            return []
-        content = data.get("content")
-        if not isinstance(content, str) or "," not in content:
+    def _image(self, data: dict[str, Any], now: float) -> list[Output]:
+        early = self._items_allowed("realtime.input_image", now)
+        if early:
+            return early
+        content: str = data["content"]
+        if "," not in content:
             self.stats.malformed += 1
-            return []
+            return [
+                self._violate(
+                    ViolationKind.BAD_FIELD,
+                    "data.content is not a data URL",
+                    now,
+                    "realtime.input_image",
+                )
+            ]
         self.stats.images += 1
-        if data.get("reply") not in (1, True, "1"):
+        if data["reply"] != 1:
             return []
-        width = height = 0
-        try:
-            import cv2  # the emulator's avatar already needs OpenCV
-
-            raw = np.frombuffer(base64.b64decode(content.split(",", 1)[1]), np.uint8)
-            img = cv2.imdecode(raw, cv2.IMREAD_COLOR)
-            if img is not None:
-                height, width = int(img.shape[0]), int(img.shape[1])
-        except (binascii.Error, ValueError):
-            pass
+        width, height = image_size(content)
         return [self._respond(render(self.script.image_reply, {"width": width, "height": height}))]
 
-    def _declare_from_content(self, content: Any) -> None:
-        try:
-            tools = json.loads(content) if isinstance(content, str) else content
-        except ValueError:
-            self._violation("realtime.input_function_call content is not a JSON string")
-            return
-        if isinstance(tools, list):
-            self._declare(tools)
+    # --- tools ---------------------------------------------------------------------------------
 
-    def _declare(self, tools: list[Any]) -> None:
-        for t in tools:
-            if isinstance(t, dict) and isinstance(t.get("name"), str):
-                self.stats.declared_tools.add(t["name"])
-        logger.info("< emulator: tools declared: %s", sorted(self.stats.declared_tools))
+    def _declare_from_content(self, content: str, now: float) -> list[Output]:
+        kind = "realtime.input_function_call"
+        try:
+            tools = json.loads(content)
+        except ValueError:
+            return [
+                self._violate(
+                    ViolationKind.BAD_FIELD, "data.content is not a JSON string", now, kind
+                )
+            ]
+        if not isinstance(tools, list):
+            return [
+                self._violate(
+                    ViolationKind.BAD_FIELD,
+                    "data.content is not a JSON list of functions",
+                    now,
+                    kind,
+                )
+            ]
+        return self._declare(tools, now, kind)
+
+    def _declare(self, tools: list[Any], now: float, kind: str = "session.update") -> list[Output]:
+        out: list[Output] = []
+        names = []
+        for i, t in enumerate(tools):
+            if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+                out.append(
+                    self._violate(
+                        ViolationKind.BAD_FIELD, f"tool {i} has no string name", now, kind
+                    )
+                )
+                continue
+            names.append(t["name"])
+        self.stats.declarations += 1
+        catalog = catalog_key(tools)
+        if self._catalog == catalog:
+            out.append(
+                self._violate(
+                    ViolationKind.TOOLS_DECLARED_TWICE,
+                    f"the same {len(names)} tools declared again "
+                    f"(declaration {self.stats.declarations})",
+                    now,
+                    kind,
+                )
+            )
+        elif self._catalog is not None:
+            logger.info("< emulator: tool catalog changed")
+        self._catalog = catalog
+        self.stats.declared_tools = set(names)
+        logger.info("< emulator: tools declared: %s", sorted(names))
+        return out
 
     # --- responses -------------------------------------------------------------------------
 
     def _respond(self, text: str) -> Respond:
         self.stats.replies.append(text)
-        return Respond(self._id("resp"), text)
-
-    @staticmethod
-    def response_frames(
-        response_id: str, text: str, pcm: bytes, *, chunk_ms: int = AUDIO_CHUNK_MS
-    ) -> list[tuple[float, dict[str, Any]]]:
-        """The frames of one spoken response with their send times (s from its start), in the
-        real order [seed]: transcript deltas, audio deltas paced in real time, transcript
-        done, audio done."""
-        out: list[tuple[float, dict[str, Any]]] = []
-        for piece in re.findall(r"\S+\s*", text) or [text]:
-            out.append(
-                (
-                    0.0,
-                    {
-                        "type": "realtime.response.audio_transcript.delta",
-                        "data": {"id": response_id, "content": piece},
-                    },
-                )
-            )
-        step = IN_RATE_HZ * 2 * chunk_ms // 1000
-        t = 0.0
-        for i in range(0, len(pcm), step):
-            chunk = pcm[i : i + step]
-            out.append(
-                (
-                    t,
-                    {
-                        "type": "realtime.response.audio.delta",
-                        "data": {"delta": base64.b64encode(chunk).decode("ascii")},
-                    },
-                )
-            )
-            t += len(chunk) / (IN_RATE_HZ * 2)
-        out.append(
-            (
-                t,
-                {
-                    "type": "realtime.response.audio_transcript.done",
-                    "data": {"id": response_id, "content": text},
-                },
-            )
-        )
-        out.append((t, {"type": "realtime.response.audio.done", "data": {}}))
-        return out
+        response = Respond(self._id("resp"), text)
+        self._active.append(response.response_id)
+        return response

@@ -23,7 +23,6 @@ import collections
 import fractions
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
@@ -31,12 +30,8 @@ import numpy.typing as npt
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-if TYPE_CHECKING:  # re-exported lazily below, avoiding an import cycle with avatar.py
-    from agent.emulator.avatar import AvatarMedia as AvatarMedia
-
 __all__ = [
     "AUDIO_RATE_HZ",
-    "AvatarMedia",
     "MediaClock",
     "PaintedVideoTrack",
     "VoiceAudioTrack",
@@ -214,12 +209,3 @@ class PaintedVideoTrack(MediaStreamTrack):
         self._index += 1
         self.frames_sent += 1
         return frame
-
-
-def __getattr__(name: str) -> Any:
-    # ``from agent.emulator.media import AvatarMedia`` works as well as from avatar.py.
-    if name == "AvatarMedia":
-        from agent.emulator.avatar import AvatarMedia
-
-        return AvatarMedia
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

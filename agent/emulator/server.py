@@ -1,74 +1,50 @@
-"""The local NavTalk-compatible server: websockets + aiortc around the Brain.
+"""The local NavTalk-compatible server: websockets around one Brain per connection.
 
 Same path and query as the real service (``/wss/v2/realtime-chat?license=...&name=...``
-or ``&avatarId=...``), optionally TLS with a self-signed certificate generated at
-start. Per session: a Brain (the conversation, sans I/O), a speaker task that
-synthesizes replies and sends them paced in real time, a timer task, and an
-aiortc peer connection carrying the avatar's video and voice
-(:class:`agent.emulator.media.AvatarMedia`), offered after
-``conversation.connected.success`` with the server's candidates in the SDP.
+or ``&avatarId=...``), optionally TLS with a self-signed certificate generated at start
+(:mod:`agent.emulator.tls`). Per connection a :class:`~agent.emulator.session.Session`
+(socket, timers, speech queue, WebRTC) around a sans-I/O
+:class:`~agent.emulator.brain.Brain`. Recognition runs in one worker thread shared by
+the connections (:mod:`agent.emulator.recognizer`).
 
-Used three ways: ``navtalk-agent emulator`` (:func:`main`), embedded by the
-supervisor (:func:`serve`), and in tests (:class:`Emulator`).
+The conformance log (:mod:`agent.emulator.conformance`): :attr:`Emulator.violations` holds
+every violation of every connection; ``conformance_log_path`` appends them as JSON lines;
+with ``strict_fail`` the offending connection gets a ``realtime.error`` event and a 1008
+close, and ``navtalk-agent emulator`` exits with status 1 at the end.
+
+Used three ways: ``navtalk-agent emulator`` (:mod:`agent.emulator.cli`), embedded by the
+supervisor (which runs that command), and in tests (:class:`Emulator`). Module graph, no
+cycles: cli -> server -> session -> (brain -> script, faults, vad, conformance, outputs,
+frames), rtc -> avatar -> media, recognizer, speech, tts, tls.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
-import datetime as dt
-import ipaddress
+import concurrent.futures
 import json
 import logging
-import signal
-import ssl
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from http import HTTPStatus
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
-from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from agent.aio import run_to_end
-from agent.emulator.brain import (
-    Brain,
-    CancelResponses,
-    Close,
-    Drop,
-    Faults,
-    Output,
-    RemoteIce,
-    RemoteSdp,
-    Respond,
-    Script,
-    Send,
-    SessionStats,
-    StartWebRtc,
-)
+from agent.emulator.brain import UPDATED_DELAY_S, Brain
+from agent.emulator.conformance import Violation
+from agent.emulator.faults import Faults
+from agent.emulator.recognizer import GrammarRecognizer, OrderRecognizer, RecognizerMode
+from agent.emulator.script import Script
+from agent.emulator.session import Observer, Recognizer, Session, SessionRecord
 from agent.emulator.tts import Tts
 from agent.navtalk.settings import EmulatorSettings
 from agent.navtalk.url import RedactFilter, redact, register_secret
 
-if TYPE_CHECKING:
-    from agent.config import Settings
-
-__all__ = [
-    "PATH",
-    "Emulator",
-    "SessionRecord",
-    "add_cli_arguments",
-    "main",
-    "serve",
-]
+__all__ = ["PATH", "Emulator", "SessionRecord", "serve"]
 
 logger = logging.getLogger(__name__)
 logger.addFilter(RedactFilter())
@@ -78,28 +54,7 @@ _ws_log.addFilter(RedactFilter())
 
 PATH = "/wss/v2/realtime-chat"  # [seed][sdk]
 MAX_FRAME_BYTES = 16 * 1024 * 1024  # images arrive as base64 data URLs
-
-
-# observer(record, frame type, CLOCK_MONOTONIC ns at receipt, frame text): tests, benchmarks
-Observer = Callable[["SessionRecord", str, int, str], None]
-
-
-@dataclass(slots=True)
-class SessionRecord:
-    """One client session, as the emulator saw it (for tests, benchmarks and logs)."""
-
-    index: int
-    session_id: str
-    query: str  # redacted
-    stats: SessionStats
-    faults: Faults
-    opened_mono: float
-    closed_mono: float | None = None
-    close_code: int | None = None
-    sent: list[str] = field(default_factory=list)  # types of the frames we sent, in order
-    rtc_states: list[str] = field(default_factory=list)  # connectionState changes
-    client_offers: int = 0
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
+POLICY_VIOLATION = 1008  # WebSocket close code
 
 
 class Emulator:
@@ -111,8 +66,12 @@ class Emulator:
         *,
         script: Script | None = None,
         observer: Observer | None = None,
+        updated_delay_s: float = UPDATED_DELAY_S,
+        created_delay_s: float = 0.0,
     ) -> None:
         self.settings = settings
+        self.updated_delay_s = updated_delay_s  # session.created -> session.updated
+        self.created_delay_s = created_delay_s  # connected.success -> session.created
         self.script = script if script is not None else Script.load(settings.script_path or None)
         self.observer = observer
         self.faults = Faults(
@@ -122,19 +81,32 @@ class Emulator:
             drop_after_s=settings.drop_after_s,
             malformed=settings.malformed_frames,
         )
+        self.mode = RecognizerMode(settings.recognizer)
+        self._grammar: GrammarRecognizer | None = None
+        if self.mode is RecognizerMode.SPEECH:
+            self._grammar = GrammarRecognizer(self.script.hears)
         self.tts = Tts(settings.tts_voice, settings.tts_words_per_minute)
         self.sessions: list[SessionRecord] = []
         self.session_opened = asyncio.Condition()
+        self.violations: list[Violation] = []  # the conformance log of every connection
+        self.violation_seen = asyncio.Condition()
+        self.recognition_cpu_s = 0.0  # CPU spent recognizing (the worker thread's)
+        self.recognized_audio_s = 0.0  # audio recognized
         self.port = 0
         self.cert_pem = b""  # the self-signed certificate, when tls
         self._server: Server | None = None
-        self._tmp: tempfile.TemporaryDirectory[str] | None = None
-        self._live: set[_Session] = set()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._live: set[Session] = set()
 
     @property
     def base_url(self) -> str:
         scheme = "wss" if self.settings.tls else "ws"
         return f"{scheme}://{self.settings.host}:{self.port}{PATH}"
+
+    @property
+    def failed(self) -> bool:
+        """Strict and a client broke the protocol: the run has failed."""
+        return self.settings.strict_fail and bool(self.violations)
 
     async def start(self) -> int:
         if self.settings.webrtc:
@@ -142,7 +114,13 @@ class Emulator:
 
             if is_loopback(self.settings.host):
                 restrict_ice_host("127.0.0.1")  # ICE host candidates on loopback only
-        ctx = self._tls_context() if self.settings.tls else None
+        ctx = None
+        if self.settings.tls:
+            from agent.emulator.tls import server_context
+
+            ctx, self.cert_pem = server_context(self.settings.host)
+        if self._grammar is not None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "emu-asr")
         self._server = await ws_serve(
             self._handle,
             self.settings.host,
@@ -153,7 +131,12 @@ class Emulator:
             logger=_ws_log,
         )
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
-        logger.info("= emulator listening on %s", self.base_url)
+        logger.info(
+            "= emulator listening on %s (recognizer %s, strict_fail %s)",
+            self.base_url,
+            self.mode.value,
+            self.settings.strict_fail,
+        )
         return self.port
 
     async def close(self) -> None:
@@ -163,9 +146,16 @@ class Emulator:
             self._server = None
         for sess in list(self._live):
             await sess.cleanup()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        if self._executor is not None:
+            # A recognition under way finishes in well under a second; wait off the loop.
+            await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+            self._executor = None
+        if self.violations:
+            logger.warning(
+                "! emulator: %d conformance violation(s): %s",
+                len(self.violations),
+                ", ".join(sorted({v.kind.value for v in self.violations})),
+            )
 
     async def __aenter__(self) -> Emulator:
         await self.start()
@@ -180,22 +170,53 @@ class Emulator:
             await self.session_opened.wait_for(lambda: len(self.sessions) >= n)
         return self.sessions[n - 1]
 
+    async def wait_violations(self, n: int, timeout: float) -> list[Violation]:
+        """Wait until ``n`` violations have been logged; return them all."""
+        async with asyncio.timeout(timeout), self.violation_seen:
+            await self.violation_seen.wait_for(lambda: len(self.violations) >= n)
+        return list(self.violations)
+
+    async def report(self, session: Session, violation: Violation) -> None:
+        """One entry of the conformance log (called by the sessions)."""
+        record = session.record
+        logger.warning(
+            "! conformance: session %d %s: %s (%s)",
+            record.index,
+            violation.kind.value,
+            violation.detail,
+            violation.message_type or "-",
+        )
+        async with self.violation_seen:
+            self.violations.append(violation)
+            self.violation_seen.notify_all()
+        if self.settings.conformance_log_path:
+            line = json.dumps(
+                {"session": record.index, **violation.to_json(), "wall_time": time.time()}
+            )
+            _append_line(self.settings.conformance_log_path, line)
+        if self.settings.strict_fail:
+            reason = f"conformance: {violation.kind.value}"
+            await session.send(
+                {
+                    "type": "realtime.error",
+                    "data": {
+                        "type": "invalid_request_error",
+                        "code": "conformance_violation",
+                        "message": f"{violation.kind.value}: {violation.detail}",
+                    },
+                }
+            )
+            await session.ws.close(POLICY_VIOLATION, reason[:120])
+
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if urlsplit(request.path).path != PATH:
             return connection.respond(HTTPStatus.NOT_FOUND, "Not Found\n")
         return None
 
-    def _tls_context(self) -> ssl.SSLContext:
-        self._tmp = tempfile.TemporaryDirectory(prefix="navtalk-emu-")
-        cert, key = _self_signed(self.settings.host)
-        self.cert_pem = cert
-        cert_path, key_path = Path(self._tmp.name) / "cert.pem", Path(self._tmp.name) / "key.pem"
-        cert_path.write_bytes(cert)
-        key_path.write_bytes(key)
-        key_path.chmod(0o600)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(cert_path, key_path)
-        return ctx
+    def _recognizer(self) -> Recognizer:
+        if self._grammar is not None:
+            return self._grammar
+        return OrderRecognizer(self.script.hears)
 
     async def _handle(self, ws: ServerConnection) -> None:
         query = parse_qs(urlsplit(ws.request.path if ws.request else "").query)
@@ -205,15 +226,19 @@ class Emulator:
         name = (query.get("name") or [""])[0]
         session_id = f"emu-{uuid.uuid4().hex[:12]}"
         faults = self.faults.with_license(license)
+        s = self.settings
         brain = Brain(
             self.script,
             faults=faults,
             session_id=session_id,
             avatar_id=avatar_id,
-            webrtc=self.settings.webrtc,
-            vad_mode=self.settings.vad_mode,
-            vad_start_ms=self.settings.vad_start_ms,
-            vad_end_ms=self.settings.vad_end_ms,
+            webrtc=s.webrtc,
+            vad_mode=s.vad_mode,
+            vad_start_ms=s.vad_start_ms,
+            vad_end_ms=s.vad_end_ms,
+            offer_deadline_s=s.offer_deadline_s,
+            updated_delay_s=self.updated_delay_s,
+            created_delay_s=self.created_delay_s,
         )
         record = SessionRecord(
             index=len(self.sessions) + 1,
@@ -233,7 +258,15 @@ class Emulator:
         async with self.session_opened:
             self.sessions.append(record)
             self.session_opened.notify_all()
-        sess = _Session(self, ws, brain, record, license_given=bool(license))
+        sess = Session(
+            self,
+            ws,
+            brain,
+            record,
+            self._recognizer(),
+            license_given=bool(license),
+            executor=self._executor,
+        )
         self._live.add(sess)
         try:
             await sess.run()
@@ -242,322 +275,13 @@ class Emulator:
             await sess.cleanup()
 
 
-class _Session:
-    """The I/O of one session: the socket, timers, the speaker and the peer connection."""
-
-    def __init__(
-        self,
-        emu: Emulator,
-        ws: ServerConnection,
-        brain: Brain,
-        record: SessionRecord,
-        *,
-        license_given: bool,
-    ) -> None:
-        self.emu = emu
-        self.ws = ws
-        self.brain = brain
-        self.record = record
-        self.license_given = license_given
-        self.settings = emu.settings
-        self._wake = asyncio.Event()
-        self._responses: asyncio.Queue[Respond] = asyncio.Queue(maxsize=32)
-        self._speaking: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._rtc_ready: asyncio.Task[None] | None = None
-        self._rtc_lock = asyncio.Lock()
-        self.pc: Any = None  # aiortc.RTCPeerConnection
-        self.media: Any = None  # agent.emulator.media.AvatarMedia
-        self._drain: set[asyncio.Task[None]] = set()
-        self._cleaned = False
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("emulator task %s failed", task.get_name(), exc_info=task.exception())
-
-    async def run(self) -> None:
-        self._spawn(self._timer_loop(), "emu-timers")
-        self._spawn(self._speaker_loop(), "emu-speaker")
-        try:
-            await self.execute(self.brain.open(time.monotonic(), license_given=self.license_given))
-            async for message in self.ws:
-                now_ns = time.monotonic_ns()
-                if isinstance(message, bytes):
-                    logger.info("< emulator: binary frame of %d bytes ignored", len(message))
-                    continue
-                if self.emu.observer is not None:
-                    self.emu.observer(self.record, _peek_type(message), now_ns, message)
-                await self.execute(self.brain.receive_text(message, now_ns / 1e9))
-                self._wake.set()
-        except ConnectionClosed:
-            pass
-        finally:
-            self.record.close_code = self.ws.close_code
-            logger.info(
-                "= emulator: session %d closed (code %s)", self.record.index, self.ws.close_code
-            )
-
-    async def cleanup(self) -> None:
-        if self._cleaned:
-            return
-        self._cleaned = True
-        for task in list(self._tasks) + list(self._drain):
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._drain, return_exceptions=True)
-        if self.pc is not None:
-            await run_to_end(self.pc.close())  # see agent.aio
-        self.record.closed_mono = time.monotonic()
-        self.record.closed.set()
-
-    async def execute(self, outputs: list[Output]) -> None:
-        for out in outputs:
-            match out:
-                case Send(frame=frame):
-                    await self.send(frame)
-                case Respond():
-                    try:
-                        self._responses.put_nowait(out)
-                    except asyncio.QueueFull:
-                        logger.warning("= emulator: response queue full; dropping %r", out.text)
-                case CancelResponses():
-                    await self._cancel_responses()
-                case StartWebRtc():
-                    self._rtc_ready = self._spawn(self._offer(), "emu-offer")
-                case RemoteSdp() | RemoteIce():
-                    self._spawn(self._signal(out), "emu-signal")
-                case Close(code=code, reason=reason):
-                    await self.ws.close(code, reason)
-                case Drop():
-                    self.ws.transport.abort()
-
-    async def send(self, frame: Mapping[str, Any] | str) -> None:
-        text = frame if isinstance(frame, str) else json.dumps(frame)
-        kind = frame.get("type", "?") if isinstance(frame, Mapping) else "(raw)"
-        self.record.sent.append(str(kind))
-        try:
-            await self.ws.send(text)
-        except ConnectionClosed:
-            pass
-
-    # --- timers and speech ----------------------------------------------------------------
-
-    async def _timer_loop(self) -> None:
-        while True:
-            due = self.brain.next_timer()
-            timeout = None if due is None else max(0.0, due - time.monotonic())
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            await self.execute(self.brain.tick(time.monotonic()))
-
-    async def _speaker_loop(self) -> None:
-        while True:
-            response = await self._responses.get()
-            self._speaking = asyncio.create_task(self._speak(response), name="emu-speak")
-            try:
-                await self._speaking
-            except asyncio.CancelledError:
-                if self._speaking.cancelled() and not _current_cancelling():
-                    continue  # barge-in cancelled the response, not us
-                raise
-            finally:
-                self._speaking = None
-
-    async def _speak(self, response: Respond) -> None:
-        pcm = await self.emu.tts.synthesize(response.text)
-        if self.media is not None:
-            self.media.speak(pcm)
-        frames = Brain.response_frames(response.response_id, response.text, pcm)
-        start = time.monotonic()
-        pace = self.settings.pace
-        for at, frame in frames:
-            if frame["type"] == "realtime.response.audio.delta" and not (
-                self.settings.send_audio_deltas
-            ):
-                continue
-            delay = start + at / pace - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await self.send(frame)
-
-    async def _cancel_responses(self) -> None:
-        while not self._responses.empty():
-            self._responses.get_nowait()
-        if self.media is not None:
-            self.media.stop_speaking()
-        task = self._speaking
-        if task is not None and not task.done():
-            task.cancel()
-            logger.info("= emulator: barge-in, response cancelled")
-            await self.send({"type": "realtime.response.audio.done", "data": {}})
-
-    # --- WebRTC ------------------------------------------------------------------------------
-
-    def _new_pc(self) -> Any:
-        from aiortc import RTCConfiguration, RTCPeerConnection
-
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        media = _avatar_media(self.settings)
-        if media is not None:
-            self.media = media
-            pc.addTrack(media.video)
-            pc.addTrack(media.audio)
-        else:
-            pc.addTransceiver("video", direction="sendrecv")
-            pc.addTransceiver("audio", direction="sendrecv")
-
-        @pc.on("connectionstatechange")
-        def _state() -> None:
-            self.record.rtc_states.append(str(pc.connectionState))
-            logger.info("= emulator WebRTC %s", pc.connectionState)
-
-        @pc.on("track")
-        def _track(track: Any) -> None:  # a client camera: always drain remote tracks
-            task = asyncio.create_task(_drain(track))
-            self._drain.add(task)
-            task.add_done_callback(self._drain.discard)
-
-        return pc
-
-    async def _offer(self) -> None:
-        async with self._rtc_lock:
-            self.pc = self._new_pc()
-            # aiortc gathers before it writes the SDP: the candidates are in the offer [wire].
-            await self.pc.setLocalDescription(await self.pc.createOffer())
-            sdp = self.pc.localDescription.sdp
-        await self.send(
-            {"type": "webrtc.signaling.offer", "data": {"sdp": {"type": "offer", "sdp": sdp}}}
-        )
-
-    async def _signal(self, out: RemoteSdp | RemoteIce) -> None:
-        from aiortc import RTCSessionDescription
-        from aiortc.sdp import candidate_from_sdp
-
-        if self._rtc_ready is not None:
-            await asyncio.gather(self._rtc_ready, return_exceptions=True)
-        try:
-            async with self._rtc_lock:
-                if isinstance(out, RemoteIce):
-                    if self.pc is None or not out.candidate:
-                        return  # end of candidates, or no connection yet
-                    text = out.candidate.removeprefix("candidate:")
-                    cand = candidate_from_sdp(text)
-                    cand.sdpMid = out.sdp_mid
-                    cand.sdpMLineIndex = out.sdp_mline_index
-                    await self.pc.addIceCandidate(cand)
-                elif out.sdp_type == "answer":
-                    if self.pc is None:
-                        logger.warning("< emulator: answer without an offer")
-                        return
-                    await self.pc.setRemoteDescription(RTCSessionDescription(out.sdp, "answer"))
-                else:  # client-initiated offer (renegotiation [hotel]): answer it
-                    self.record.client_offers += 1
-                    # Always on a fresh connection: a client offers when it restarted or its
-                    # connection failed, so the offer brings new ICE credentials and a new
-                    # DTLS fingerprint, which aiortc cannot apply to a live connection (no
-                    # ICE restart): the old one would stay "connecting" for ever.
-                    if self.pc is not None:
-                        await run_to_end(self.pc.close())  # see agent.aio
-                    self.pc = self._new_pc()
-                    await self.pc.setRemoteDescription(RTCSessionDescription(out.sdp, "offer"))
-                    await self.pc.setLocalDescription(await self.pc.createAnswer())
-                    answer = self.pc.localDescription.sdp
-                    await self.send(
-                        {
-                            "type": "webrtc.signaling.answer",
-                            "data": {"sdp": {"type": "answer", "sdp": answer}},
-                        }
-                    )
-        except Exception:  # a bad SDP from the client must not end the session
-            logger.exception("emulator: WebRTC signaling failed")
-
-
-async def _drain(track: Any) -> None:
-    from aiortc.mediastreams import MediaStreamError
-
+def _append_line(path: str, line: str) -> None:
+    # One short line per violation (rare): a blocking append is cheaper than a thread hop.
     try:
-        while True:
-            await track.recv()
-    except MediaStreamError:
-        return
-
-
-def _avatar_media(settings: EmulatorSettings) -> Any:
-    try:
-        from agent.emulator.media import AvatarMedia
-    except ImportError as exc:  # pragma: no cover - while media.py is being written
-        logger.warning("= emulator: no avatar media (%s); offering empty tracks", exc)
-        return None
-    return AvatarMedia(settings.video_width, settings.video_height, settings.video_fps)
-
-
-def _current_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _peek_type(text: str) -> str:
-    """The ``type`` of a client frame without parsing it all (for the observer hook)."""
-    at = text.find('"type"')
-    if at < 0:
-        return ""
-    start = text.find('"', text.find(":", at) + 1)
-    end = text.find('"', start + 1)
-    return text[start + 1 : end] if start >= 0 and end > start else ""
-
-
-def _self_signed(host: str) -> tuple[bytes, bytes]:
-    """A self-signed certificate for localhost, 127.0.0.1 and ``host`` (PEM cert, PEM key)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "navtalk-agent emulator")])
-    alt: list[x509.GeneralName] = [
-        x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    try:
-        alt.append(x509.IPAddress(ipaddress.ip_address(host)))
-    except ValueError:
-        if host and host != "localhost":
-            alt.append(x509.DNSName(host))
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
-
-
-# --- entry points ----------------------------------------------------------------------------
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+    except OSError:
+        logger.exception("emulator: cannot write the conformance log %s", path)
 
 
 async def serve(settings: EmulatorSettings, *, ready: Callable[[int], None] | None = None) -> None:
@@ -570,71 +294,3 @@ async def serve(settings: EmulatorSettings, *, ready: Callable[[int], None] | No
         await asyncio.Future()  # until cancelled
     finally:
         await emulator.close()
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``navtalk-agent emulator``; each overrides the [emulator] setting of the config."""
-    parser.add_argument("--host", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, help="listen port (default 8765; 0 = any free port)")
-    parser.add_argument("--tls", action="store_true", default=None, help="wss:// (self-signed)")
-    parser.add_argument("--script", metavar="FILE", help="conversation rules (TOML)")
-    parser.add_argument("--no-webrtc", action="store_true", help="do not offer WebRTC")
-    parser.add_argument("--pace", type=float, help="audio pacing factor (1.0 = real time)")
-    faults = parser.add_argument_group("fault injection (also by license tokens: see brain.py)")
-    faults.add_argument("--reject-license", action="store_true", help="fail every connection")
-    faults.add_argument("--insufficient-balance", action="store_true", help="no balance")
-    faults.add_argument("--duplicate-name", action="store_true", help="duplicate-name warning")
-    faults.add_argument("--drop-after", type=float, metavar="S", help="drop each session after S s")
-    faults.add_argument("--malformed", action="store_true", help="send malformed frames")
-
-
-def settings_from_args(args: argparse.Namespace, base: EmulatorSettings) -> EmulatorSettings:
-    changes: dict[str, Any] = {}
-    for attr, key in (("host", "host"), ("port", "port"), ("script", "script_path"),
-                      ("pace", "pace"), ("drop_after", "drop_after_s")):  # fmt: skip
-        value = getattr(args, attr, None)
-        if value is not None:
-            changes[key] = value
-    for attr, key in (("tls", "tls"), ("reject_license", "reject_license"),
-                      ("insufficient_balance", "insufficient_balance"),
-                      ("duplicate_name", "duplicate_name_warning"),
-                      ("malformed", "malformed_frames")):  # fmt: skip
-        if getattr(args, attr, None):
-            changes[key] = True
-    if getattr(args, "no_webrtc", False):
-        changes["webrtc"] = False
-    return replace_struct(base, changes)
-
-
-def replace_struct(base: EmulatorSettings, changes: Mapping[str, Any]) -> EmulatorSettings:
-    import msgspec
-
-    # Through msgspec.convert so the Meta constraints (port range, ...) are checked.
-    merged = msgspec.structs.asdict(base) | dict(changes)
-    return msgspec.convert(merged, EmulatorSettings)
-
-
-def main(args: argparse.Namespace, settings: Settings) -> int:
-    """``navtalk-agent emulator``: serve until Ctrl-C. Returns the exit code."""
-    emu_settings = settings_from_args(args, settings.emulator)
-
-    def ready(port: int) -> None:
-        scheme = "wss" if emu_settings.tls else "ws"
-        print(
-            f"NavTalk emulator on {scheme}://{emu_settings.host}:{port}{PATH}"
-            "?license=ANY&name=navtalk.Leo",
-            flush=True,
-        )
-
-    async def until_signal() -> None:
-        # SIGTERM (the supervisor, systemd) and SIGINT stop the server cleanly: exit code 0.
-        loop = asyncio.get_running_loop()
-        server = asyncio.create_task(serve(emu_settings, ready=ready), name="emulator")
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, server.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await server
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping: a second SIGTERM is moot
-
-    asyncio.run(until_signal())
-    return 0

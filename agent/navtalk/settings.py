@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -79,7 +79,11 @@ class EmulatorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     vad_start_ms: PosInt = 90  # voiced audio needed before speech_started
     vad_end_ms: PosInt = 600  # silence needed before speech_stopped
     pace: PosFloat = 1.0  # audio.delta pacing: 1.0 = real time, larger = faster
-    # --- fault injection (also triggered by license values, see agent.emulator.brain) ----------
+    recognizer: Literal["speech", "order"] = "speech"  # speech (pocketsphinx, `hears`) / order
+    strict_fail: bool = True  # a conformance violation closes the socket, fails the run
+    conformance_log_path: str = ""  # append each violation as a JSON line here ("" = off)
+    offer_deadline_s: PosFloat = 3.0  # a server WebRTC offer unanswered this long = violation
+    # --- fault injection (also triggered by license values, see agent.emulator.faults) ---------
     reject_license: bool = False  # answer every connection with conversation.connected.fail
     insufficient_balance: bool = False  # send insufficient_balance then close
     duplicate_name_warning: bool = False  # send conversation.connected.warning after success
