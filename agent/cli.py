@@ -220,6 +220,8 @@ def _emulator(args: argparse.Namespace, settings: Settings) -> int:
     from agent import preflight
     from agent.emulator import cli as emulator_cli_mod
 
+    if args.port is not None:
+        emulator_cli_mod.check_port(args.port, f"emulator --port {args.port}:")
     try:
         emu = emulator_cli_mod.settings_from_args(args, settings.emulator)
     except msgspec.ValidationError as exc:

@@ -46,7 +46,7 @@ def parse_port(text: str) -> int:
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``navtalk-agent emulator``; each overrides the [emulator] setting of the config."""
     parser.add_argument("--host", help="listen address (default 127.0.0.1)")
-    parser.add_argument("--port", type=parse_port, help="listen port (default 8765; 0 = any)")
+    parser.add_argument("--port", type=int, help="listen port (default 8765; 0 = any)")
     parser.add_argument("--tls", action="store_true", default=None, help="wss:// (self-signed)")
     parser.add_argument("--script", metavar="FILE", help="conversation rules (TOML)")
     parser.add_argument("--no-webrtc", action="store_true", help="do not offer WebRTC")
