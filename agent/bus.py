@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Self
 
@@ -94,6 +94,7 @@ class Bus:
         self._latch = LatchStore()
         self._probe_seen: set[topics.Plane] = set()
         self._probe_event = asyncio.Event()
+        self._declared: topics.ServiceTopics | None = None  # see declare()
         self._failure: BusError | None = None  # set when a reader died: recv() raises it
         self._drops = BurstLog()
         self._drops_timer: asyncio.TimerHandle | None = None
@@ -120,6 +121,13 @@ class Bus:
                     sock.setsockopt(zmq.SUBSCRIBE, name.encode())
         if self._connected and new_control:  # started: ask the holders of latched topics now
             self._request_latched(new_control)
+
+    def declare(self, declared: topics.ServiceTopics, *, without: Iterable[str] = ()) -> None:
+        """Subscribe to the declared reads (less ``without``: reads this configuration does
+        not need) and from now on refuse (BusError) to publish outside the declared writes:
+        what a service does cannot drift from what it declares."""
+        self._declared = declared
+        self.subscribe(*declared.subscriptions(without=without))
 
     @staticmethod
     def _planes_for(prefix: str) -> set[topics.Plane]:
@@ -216,6 +224,8 @@ class Bus:
             raise BusError(
                 f"topic {topic!r} carries {spec.type.__name__}, not {type(msg).__name__}"
             )
+        if self._declared is not None and not self._declared.may_write(topic):
+            raise BusError(f"{self.sender} publishes {topic!r}, which it does not declare")
         pub = self._pub.get(spec.plane)
         if pub is None:
             raise BusError("Bus.publish() before Bus.start()")
