@@ -93,6 +93,7 @@ class Bus:
         self._reply_topic = f"{LATCH_REPLY_PREFIX}{self._id}"
         self._latch = LatchStore()
         self._probe_seen: set[topics.Plane] = set()
+        self._probe_nonce = b""
         self._probe_event = asyncio.Event()
         self._declared: topics.ServiceTopics | None = None  # see declare()
         self._failure: BusError | None = None  # set when a reader died: recv() raises it
@@ -169,27 +170,51 @@ class Bus:
             self._readers.append(
                 asyncio.create_task(self._reader(plane, sub), name=f"bus-reader-{plane}")
             )
+        missing = await self._probe(timeout)
+        if missing:
+            await self.close()
+            raise BusError(
+                f"bus not reachable within {timeout:.0f} s ({missing} plane): is the proxy "
+                f"running at {self._settings.control.publish}?"
+            )
+        log.debug("= bus connected as %s", self._id)
+        self._connected = True
+        if self._prefixes[topics.Plane.CONTROL]:
+            self._request_latched(sorted(self._prefixes[topics.Plane.CONTROL]))
+
+    async def sync(self, timeout: float = 10.0) -> None:
+        """Return once every subscription made so far (also by :meth:`subscribe` after
+        :meth:`start`) is in force at the proxy: from then on, nothing published on those
+        topics by anyone is lost on its way to this client."""
+        if not self._connected:
+            raise BusError("Bus.sync() before Bus.start()")
+        missing = await self._probe(timeout)
+        if missing:
+            raise BusError(f"bus sync: no probe back within {timeout:.0f} s ({missing} plane)")
+
+    async def _probe(self, timeout: float) -> str:
+        """Publish a fresh probe on each plane until each came back through the proxy's XPUB:
+        our SUB's subscriptions travel in order, so the ones made before it are in place
+        too (and every publisher sends everything to the proxy: see agent.proxy). Returns
+        the planes whose probe did not come back, or ""."""
+        planes = {topics.Plane.CONTROL, topics.Plane.MEDIA}
+        self._probe_nonce = uuid.uuid4().bytes  # a late copy of an older probe does not count
+        self._probe_seen.clear()
         deadline = time.monotonic() + timeout
         while self._probe_seen != planes:
             if time.monotonic() > deadline:
-                missing = ", ".join(sorted(p.value for p in planes - self._probe_seen))
-                await self.close()
-                raise BusError(
-                    f"bus not reachable within {timeout:.0f} s ({missing} plane): is the proxy "
-                    f"running at {self._settings.control.publish}?"
-                )
+                return ", ".join(sorted(p.value for p in planes - self._probe_seen))
             for plane in planes - self._probe_seen:
-                self._pub[plane].send(self._probe_topic.encode(), zmq.NOBLOCK)
+                self._pub[plane].send_multipart(
+                    [self._probe_topic.encode(), self._probe_nonce], zmq.NOBLOCK
+                )
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
             # cancellation that arrives as the awaited thing completes.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.02):
                     await self._probe_event.wait()
             self._probe_event.clear()
-        log.debug("= bus connected as %s", self._id)
-        self._connected = True
-        if self._prefixes[topics.Plane.CONTROL]:
-            self._request_latched(sorted(self._prefixes[topics.Plane.CONTROL]))
+        return ""
 
     def _request_latched(self, prefixes: list[str]) -> None:
         """Ask every bus client for its latched messages under ``prefixes`` (answered on our
@@ -268,8 +293,10 @@ class Bus:
         try:
             await self._read(plane, sock)
         except asyncio.CancelledError:
-            if not self._closed:
-                self._fail(plane, BusError("cancelled"))
+            if not self._closed:  # not by close(): the loop is going away, most likely
+                log.warning("bus reader (%s plane) cancelled before close()", plane.value)
+                self._failure = BusError(f"bus reader ({plane.value} plane) was cancelled")
+                self._wakeup.set()
             raise
         except BaseException as exc:
             if not self._closed:
@@ -311,8 +338,9 @@ class Bus:
     def _internal(self, plane: topics.Plane, topic: str, frames: list[bytes]) -> Delivery | None:
         """A bus-internal message: our probe, somebody's latch request, or a latch reply."""
         if topic == self._probe_topic:
-            self._probe_seen.add(plane)
-            self._probe_event.set()
+            if frames[1:] == [self._probe_nonce]:
+                self._probe_seen.add(plane)
+                self._probe_event.set()
         elif plane is not topics.Plane.CONTROL:
             pass
         elif topic == LATCH_REQUEST:

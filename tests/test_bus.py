@@ -65,16 +65,11 @@ async def test_tcp_loopback_proxy() -> None:
         async with Bus(settings, "tools") as tools, Bus(settings, "session") as session:
             # subscribe after start works too
             session.subscribe(topics.TOOL_RESULT, topics.AUDIO_MIC)
-            # the subscription travels to the proxy asynchronously: publish until it arrives
-            got = None
-            for _ in range(200):
-                tools.publish(topics.TOOL_RESULT, ToolResult(call_id="c1", name="t", ok=True))
-                try:
-                    got = await asyncio.wait_for(session.recv(), 0.02)
-                    break
-                except TimeoutError:
-                    continue
-            assert got is not None and isinstance(got.msg, ToolResult) and got.msg.call_id == "c1"
+            # the subscription travels to the proxy asynchronously: sync() waits for it
+            await session.sync()
+            tools.publish(topics.TOOL_RESULT, ToolResult(call_id="c1", name="t", ok=True))
+            got = await _recv(session)
+            assert isinstance(got.msg, ToolResult) and got.msg.call_id == "c1"
 
 
 async def test_sequence_numbers_count_per_topic(make_bus: MakeBus) -> None:
@@ -271,3 +266,18 @@ async def test_nothing_published_after_start_returns_is_lost_even_from_a_stalled
             after = {call_id for call_id, ns in stamps.items() if ns > started_ns}
             assert len(after) > 100, "the stream ended before the subscriber started"
             assert after - got == set(), f"lost {len(after - got)} of {len(after)}"
+
+
+async def test_a_subscription_after_start_is_lossless_once_sync_returns(
+    bus_settings: BusSettings, short_tmp: Path
+) -> None:
+    n = 50
+    async with peer(short_tmp, "session") as session:
+        for round_ in range(5):
+            async with Bus(bus_settings, f"tools{round_}") as tools:
+                tools.subscribe(topics.TOOL_CALL if round_ % 2 == 0 else "tool.")
+                await tools.sync()
+                session.send(f"calls {n}")
+                got = [await _recv(tools, 5.0) for _ in range(n)]
+                assert await session.line() == "ok"
+            assert [d.msg.call_id for d in got] == [str(i) for i in range(n)]  # type: ignore[attr-defined]

@@ -224,9 +224,9 @@ async def test_a_reader_that_dies_fails_recv_instead_of_hanging(bus_settings: Bu
         waiting = asyncio.create_task(bus.recv())
         await asyncio.sleep(0)  # noqa: ASYNC110 (let recv() park on its wake-up)
         ctx.destroy(linger=0)  # the connection goes away under the bus
-        with pytest.raises(BusError, match="reader .* died"):
+        with pytest.raises(BusError, match="reader .* (died|was cancelled)"):
             await asyncio.wait_for(waiting, 5)
-        with pytest.raises(BusError, match="died"):
+        with pytest.raises(BusError, match="died|cancelled"):
             async for _ in bus:  # what runtime's shutdown listener does
                 pass
     finally:
