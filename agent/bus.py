@@ -33,8 +33,21 @@ from agent import topics
 from agent.bus_stats import BurstLog, BusStats, peek_sender
 from agent.config import BusSettings, PlaneEndpoints
 from agent.errors import BusError, MessageDecodeError
-from agent.latch import LATCH_REPLY_PREFIX, LATCH_REQUEST, LatchStore, parse_request
-from agent.messages import AnyMessage, Envelope, Message, decode_envelope, encode_envelope
+from agent.latch import (
+    LATCH_REPLY_PREFIX,
+    LATCH_REQUEST,
+    MAX_LATCH,
+    LatchStore,
+    parse_request,
+)
+from agent.messages import (
+    MAX_BODY_BYTES,
+    AnyMessage,
+    Envelope,
+    Message,
+    decode_envelope,
+    encode_envelope,
+)
 from agent.proxy import MAX_FRAME_BYTES, Proxy
 
 __all__ = ["Bus", "BusSettings", "BusStats", "Delivery", "PlaneEndpoints", "Proxy"]
@@ -258,18 +271,20 @@ class Bus:
         if any(len(frame) > limit for frame in payload):
             # the proxy would refuse it by disconnecting us: refuse it here, loudly
             raise BusError(f"{topic}: a payload frame is over the {limit}-byte limit")
-        self._seq[topic] += 1
+        if latch and spec.plane is not topics.Plane.CONTROL:
+            raise BusError(f"latch on {topic!r}: only control-plane topics can be latched")
+        if not 0 <= latch <= MAX_LATCH:
+            raise BusError(f"latch depth must be 0..{MAX_LATCH}, not {latch}")
         typed: AnyMessage = msg  # type: ignore[assignment]  # checked against the table above
+        seq = self._seq[topic] + 1
         body = encode_envelope(
-            Envelope(self.sender, self._seq[topic], time.monotonic_ns(), time.time_ns(), typed)
+            Envelope(self.sender, seq, time.monotonic_ns(), time.time_ns(), typed)
         )
+        if len(body) > MAX_BODY_BYTES:  # every receiver would drop it
+            raise BusError(f"{topic}: body of {len(body)} bytes, limit {MAX_BODY_BYTES}")
+        self._seq[topic] = seq
         if latch:
-            if spec.plane is not topics.Plane.CONTROL:
-                raise BusError(f"latch on {topic!r}: only control-plane topics can be latched")
-            try:
-                self._latch.keep(topic, [topic.encode(), body, *map(bytes, payload)], latch)
-            except ValueError as exc:
-                raise BusError(str(exc)) from exc
+            self._latch.keep(topic, [topic.encode(), body, *map(bytes, payload)], latch)
         try:
             pub.send_multipart([topic.encode(), body, *payload], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
