@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 CONFIG_ERROR_EXIT = 2  # a child's configuration error (agent.errors.ConfigError): stop all
 DOWN_EXIT = 1  # a service stayed down past down_limit_s: let systemd restart the agent
 
+SUPERVISOR_TOPICS = topics.ServiceTopics(
+    reads=(topics.HEALTH, topics.METRICS, topics.VIDEO_STATS),
+    writes=(topics.CONTROL_SHUTDOWN, topics.HEALTH),  # health.supervisor
+)
+
 
 class ChildPhase(enum.StrEnum):
     STARTING = "starting"  # spawned, no heartbeat yet
@@ -225,7 +230,7 @@ class Supervisor:
         self._proxy = Proxy(self.settings.bus)
         self._proxy.start()
         self._bus = Bus(self.settings.bus, topics.SUPERVISOR)
-        self._bus.subscribe("health.", "metrics.", topics.VIDEO_STATS)
+        self._bus.declare(SUPERVISOR_TOPICS)
         try:
             if self._sup.metrics_port:
                 self._metrics = _MetricsExporter(

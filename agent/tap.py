@@ -19,10 +19,11 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from agent.bus import PROBE_PREFIX
+from agent.bus import INTERNAL_PREFIX
 from agent.errors import MessageDecodeError
 from agent.logs import redact
 from agent.messages import decode_envelope
+from agent.proxy import MAX_FRAME_BYTES
 
 _MAX_STR = 80
 
@@ -48,7 +49,7 @@ class TapPrinter:
 
     def line(self, frames: Sequence[bytes], now_mono_ns: int) -> str:
         topic = frames[0].decode("ascii", "replace")
-        if topic.startswith(PROBE_PREFIX):
+        if topic.startswith(INTERNAL_PREFIX):  # probes, latch requests and replies
             return ""
         try:
             if len(frames) < 2:
@@ -105,6 +106,7 @@ async def tap(
     for ep in endpoints:
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max(MAX_FRAME_BYTES.values()))  # refused, not allocated
         sock.connect(ep)
         for p in prefixes or [""]:
             sock.setsockopt(zmq.SUBSCRIBE, p.encode())
