@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agent.config import LogSettings, navtalk_license
@@ -179,27 +180,42 @@ class JournalHandler(logging.Handler):
 # -- floods ------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass
+class _Burst:
+    start: float  # when its window opened (the record's own time)
+    passed: int = 1  # lines let through in this window
+    dropped: int = 0  # lines counted instead
+    last: logging.LogRecord | None = None  # the last one dropped, for the summary
+
+
+_Key = tuple[str, int, str]
+
+
 class RepeatFilter(logging.Filter):
-    """A burst of the same message is counted, not repeated.
+    """A burst of one message is counted, not repeated.
 
-    The first record of a kind (logger, level, unformatted message) passes; the same kind
-    again within ``window_s`` of that line is counted and dropped; the first one after the
-    window passes with ``(… repeated N times in the last S s)`` appended and opens the next
-    window. Counts still pending are written by :meth:`flush` (at exit) or when the kind is
-    pushed out of the table of tracked kinds. Time is the records' own ``created``.
+    Per window of ``window_s`` (the records' own ``created``, no clock read):
 
-    One instance serves every handler of the process: the decision is made once per record
-    (kept on the record) and summaries go to each handler in :attr:`handlers`.
+    - the same message (logger, level, text) passes once; its repeats are counted, and
+      the first one after the window passes with ``(… repeated N times in the last S s)``;
+    - one kind of message (logger, level, unformatted template: ``"bad frame from %s"``)
+      passes ``per_kind`` times with different texts, then is counted too, and said as
+      ``… N more like this in S s: <the last one>``.
+
+    Counts still pending are written by :meth:`flush` (at exit), or when their entry is
+    pushed out of the bounded table. One instance serves every handler of the process:
+    the decision is kept on the record, and summaries go to each of :attr:`handlers`.
     """
 
-    def __init__(self, window_s: float, handlers: list[logging.Handler] | None = None):
+    def __init__(
+        self, window_s: float, handlers: list[logging.Handler] | None = None, per_kind: int = 20
+    ):
         super().__init__()
         self.window_s = window_s
+        self.per_kind = per_kind
         self.handlers: list[logging.Handler] = handlers if handlers is not None else []
-        self._seen: collections.OrderedDict[tuple[str, int, str], tuple[float, int]] = (
-            collections.OrderedDict()
-        )
-        self._last: dict[tuple[str, int, str], logging.LogRecord] = {}
+        self._same: collections.OrderedDict[_Key, _Burst] = collections.OrderedDict()
+        self._kind: collections.OrderedDict[_Key, _Burst] = collections.OrderedDict()
         self.suppressed = 0  # records dropped in total
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -214,41 +230,72 @@ class RepeatFilter(logging.Filter):
             return True
         template = str(record.msg)
         record._navtalk_template = template
-        key = (record.name, record.levelno, template)
         now = record.created
-        entry = self._seen.get(key)
-        if entry is not None and now - entry[0] < self.window_s:
-            self._seen[key] = (entry[0], entry[1] + 1)
-            self._last[key] = record
-            self.suppressed += 1
-            return False
-        if entry is not None and entry[1]:
-            span = now - entry[0]
-            record.msg = f"{template} (… repeated {entry[1]} times in the last {span:.0f} s)"
-        self._seen[key] = (now, 0)
-        self._seen.move_to_end(key)
-        self._last.pop(key, None)
-        while len(self._seen) > _FLOOD_KEYS:
-            old, (start, count) = self._seen.popitem(last=False)
-            self._report(old, start, count)
+        same_key = (record.name, record.levelno, record.getMessage())
+        kind_key = (record.name, record.levelno, template)
+        same = self._same.get(same_key)
+        if same is not None and now - same.start < self.window_s:
+            return self._drop(same, record)
+        kind = self._kind.get(kind_key)
+        if kind is not None and now - kind.start < self.window_s:
+            if kind.passed >= self.per_kind:
+                return self._drop(kind, record)
+            kind.passed += 1
+        else:
+            if kind is not None:
+                self._report_kind(kind_key, kind)
+            self._put(self._kind, kind_key, _Burst(now), self._report_kind)
+        if same is not None and same.dropped:
+            span = now - same.start
+            record.msg = f"{template} (… repeated {same.dropped} times in the last {span:.0f} s)"
+        self._put(self._same, same_key, _Burst(now), self._report_same)
         return True
+
+    def _drop(self, burst: _Burst, record: logging.LogRecord) -> bool:
+        burst.dropped += 1
+        burst.last = record
+        self.suppressed += 1
+        return False
+
+    def _put(
+        self,
+        table: collections.OrderedDict[_Key, _Burst],
+        key: _Key,
+        burst: _Burst,
+        report: Callable[[_Key, _Burst], None],
+    ) -> None:
+        table[key] = burst
+        table.move_to_end(key)
+        while len(table) > _FLOOD_KEYS:
+            report(*table.popitem(last=False))
 
     def flush(self) -> None:
         """Write the counts not reported yet (the tail of each burst)."""
-        for key, (start, count) in list(self._seen.items()):
-            self._report(key, start, count)
-            self._seen[key] = (start, 0)
+        for key, burst in list(self._same.items()):
+            self._report_same(key, burst)
+        for key, burst in list(self._kind.items()):
+            self._report_kind(key, burst)
 
-    def _report(self, key: tuple[str, int, str], start: float, count: int) -> None:
-        last = self._last.pop(key, None)
-        if not count or last is None:
-            return
+    def _report_same(self, key: _Key, burst: _Burst) -> None:
+        if burst.dropped and burst.last is not None:
+            span = burst.last.created - burst.start
+            self._emit(burst.last, f"… repeated {burst.dropped} times in {span:.0f} s: %s", key)
+        burst.dropped, burst.last = 0, None
+
+    def _report_kind(self, key: _Key, burst: _Burst) -> None:
+        if burst.dropped and burst.last is not None:
+            span = burst.last.created - burst.start
+            self._emit(burst.last, f"… {burst.dropped} more like this in {span:.0f} s: %s", key)
+        burst.dropped, burst.last = 0, None
+
+    def _emit(self, last: logging.LogRecord, msg: str, key: _Key) -> None:
         summary = logging.makeLogRecord(dict(last.__dict__))
-        summary.msg = f"… repeated {count} times in {last.created - start:.0f} s: {key[2]}"
+        summary.msg = msg
+        summary.args = (last.getMessage(),)
         summary.exc_info = None
         summary.exc_text = None
         summary._navtalk_pass = True
-        summary._navtalk_template = key[2]
+        summary._navtalk_template = getattr(last, "_navtalk_template", key[2])
         for handler in self.handlers:
             handler.handle(summary)
 

@@ -39,6 +39,7 @@ from agent.config import Settings, SupervisorSettings
 from agent.errors import SupervisorError
 from agent.messages import HealthStatus, Heartbeat, Metrics, Shutdown, VideoStats
 from agent.runtime import heartbeat_loop
+from agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class Supervisor:
         self._proxy: Proxy | None = None
         self._bus: Bus | None = None
         self._metrics: _MetricsExporter | None = None
+        self.systemd = Notifier(env)  # Type=notify: READY=1, WATCHDOG=1 (agent.systemd)
         names: list[str] = ["emulator"] if settings.emulator.embedded else []
         for service in settings.supervisor.services:
             if only is not None and service not in only:
@@ -181,6 +183,8 @@ class Supervisor:
             await self._bus.start()
             for child in self.children.values():
                 await self._spawn(child)
+            self._systemd_up()
+            self._spawn_task(self.systemd.watchdog_loop(), "systemd-watchdog")
             self._spawn_task(self._watch_health(), "health")
             self._spawn_task(self._watchdog(), "watchdog")
             beat = heartbeat_loop(
@@ -269,6 +273,7 @@ class Supervisor:
                     child.last_beat = time.monotonic()
                     if child.phase is ChildPhase.STARTING:
                         child.set_phase(ChildPhase.RUNNING, "first heartbeat")
+            self._systemd_up()
             if self._metrics is not None:
                 self._metrics.observe(d.msg)
 
@@ -299,8 +304,14 @@ class Supervisor:
         gave_up = [c.name for c in self.children.values() if c.phase is ChildPhase.GAVE_UP]
         return ("degraded", f"gave up on: {', '.join(gave_up)}") if gave_up else ("ok", "")
 
+    def _systemd_up(self) -> None:
+        if not self.systemd.ready_sent:
+            beating = [c for c in self.children.values() if c.heartbeats]
+            self.systemd.up(all(c.phase is ChildPhase.RUNNING for c in beating), len(beating))
+
     async def _shutdown(self) -> None:
         self._stopping.set()
+        self.systemd.stopping(self._stop_reason)
         if self._bus is not None:
             with contextlib.suppress(Exception):
                 self._bus.publish(topics.CONTROL_SHUTDOWN, Shutdown(reason=self._stop_reason))
@@ -331,6 +342,7 @@ class Supervisor:
             self._proxy.stop()
         if self._metrics is not None:
             self._metrics.close()
+        self.systemd.close()
         codes = {c.name: c.exit_codes[-1] if c.exit_codes else None for c in self.children.values()}
         log.info("= all stopped: %s", ", ".join(f"{k}={v}" for k, v in codes.items()))
 

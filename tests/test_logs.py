@@ -189,35 +189,57 @@ def test_repeat_filter_one_line_per_window_then_the_count() -> None:
     repeat = RepeatFilter(10.0, [sink])
     sink.addFilter(repeat)
     for i in range(100):  # 0.0 .. 24.75 s
-        sink.handle(_record("bad frame from %s", i * 0.25, f"peer{i}"))
+        sink.handle(_record("bad frame: %s", i * 0.25, "too long"))
     sink.handle(_record("other", 1.0))
     repeat.flush()
     assert sink.lines == [
-        "bad frame from peer0",
-        "bad frame from peer40 (… repeated 39 times in the last 10 s)",
-        "bad frame from peer80 (… repeated 39 times in the last 10 s)",
-        "other",  # another kind of message is not held back by the burst
-        "… repeated 19 times in 5 s: bad frame from peer99",  # the tail, at flush
+        "bad frame: too long",
+        "bad frame: too long (… repeated 39 times in the last 10 s)",
+        "bad frame: too long (… repeated 39 times in the last 10 s)",
+        "other",  # another message is not held back by the burst
+        "… repeated 19 times in 5 s: bad frame: too long",  # the tail, at flush
     ]
     assert repeat.suppressed == 97
 
 
-def test_a_flood_of_10000_identical_errors_gives_a_bounded_number_of_lines(
-    tmp_path: Path,
+def test_repeat_filter_lets_different_texts_of_one_kind_through_up_to_a_bound() -> None:
+    sink = ListHandler()
+    repeat = RepeatFilter(10.0, [sink], per_kind=3)
+    sink.addFilter(repeat)
+    sink.handle(_record("= %s: starting -> running", 0.0, "tools"))
+    sink.handle(_record("= %s: starting -> running", 0.1, "speaker"))  # not a repeat
+    for i in range(50):
+        sink.handle(_record("bad frame from %s", 1 + i * 0.1, f"peer{i}"))
+    repeat.flush()
+    assert sink.lines == [
+        "= tools: starting -> running",
+        "= speaker: starting -> running",
+        "bad frame from peer0",
+        "bad frame from peer1",
+        "bad frame from peer2",
+        "… 47 more like this in 5 s: bad frame from peer49",
+    ]
+
+
+@pytest.mark.parametrize("varying", [False, True], ids=["identical", "varying-args"])
+def test_a_flood_of_10000_errors_gives_a_bounded_number_of_lines(
+    tmp_path: Path, varying: bool
 ) -> None:
     setup_logging(LogSettings(dir=str(tmp_path)), "session", env={})
     log = logging.getLogger("agent.navtalk")
-    for _ in range(10_000):
-        log.error("bad ICE frame: %s", "too long")
+    for i in range(10_000):
+        log.error("bad ICE frame: %s", f"{i} bytes" if varying else "too long")
     from agent import logs
 
     logs._flush_repeats()  # what atexit does
     logging.getLogger().handlers[-1].flush()
     lines = (tmp_path / "session.log").read_text().splitlines()
-    assert 2 <= len(lines) <= 6, lines  # 10 s windows: a fast machine needs one
-    assert lines[0].endswith("bad ICE frame: too long")
-    counted = sum(int(x.split("repeated ")[1].split()[0]) for x in lines[1:])
-    assert counted == 9_999
+    passed = 20 if varying else 1  # per_kind different texts, or the one text, per window
+    assert passed + 1 <= len(lines) <= 3 * (passed + 1), lines  # 10 s windows: one is enough
+    assert lines[0].endswith("bad ICE frame: 0 bytes" if varying else "bad ICE frame: too long")
+    counted = [x for x in lines if "… " in x]
+    total = sum(int(x.split("… ")[1].split()[1 if "repeated" in x else 0]) for x in counted)
+    assert total + len(lines) - len(counted) == 10_000
 
 
 def test_log_format_json_through_the_command(short_tmp: Path) -> None:
