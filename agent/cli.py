@@ -10,6 +10,7 @@
     navtalk-agent devices                              list audio devices
     navtalk-agent history clear [--config FILE]        forget the stored conversation
     navtalk-agent config check FILE | show [--config FILE]
+    navtalk-agent install systemd [--user] [--profile kiosk|robot] [--dry-run] [--prefix DIR]
 
 Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
 """
@@ -46,6 +47,11 @@ def _add_config(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set display.backend=window (repeatable)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="a profile shipped with the package: emulator, kiosk, robot, default",
     )
 
 
@@ -104,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["clear"])
     _add_config(p)
 
+    p = sub.add_parser("install", help="install the systemd unit, profile and license file")
+    from agent.install import add_cli_arguments as add_install_arguments
+
+    add_install_arguments(p)
+
     p = sub.add_parser("config", help="check or show a configuration")
     p.add_argument("action", choices=["check", "show"])
     p.add_argument("file", nargs="?", help="the profile to check")
@@ -112,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from agent.resources import apply_profile
+
+    apply_profile(args)  # --profile NAME -> --config <the shipped file>
     path = getattr(args, "file", None) or getattr(args, "config", None)
     return load(path, getattr(args, "overrides", []))
 
@@ -132,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
+    if cmd == "install":
+        from agent.install import main as install_main
+
+        return install_main(args)
     if cmd == "devices":
         from hardware.audio import list_devices
 
