@@ -133,7 +133,7 @@ class LogSettings(_Section, frozen=True, kw_only=True):
     max_file_bytes: Annotated[int, msgspec.Meta(ge=10_000)] = 10_000_000
     # ... and this many rotated files are kept beside it.
     keep_files: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
-    # The same message again within this many seconds is counted, not repeated (0 = off).
+    # The same warning/error again within this many seconds is counted, not repeated (0 = off).
     repeat_window_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
     # "auto": to journald when systemd started us (JOURNAL_STREAM is our stderr); "off": never.
     journal: Literal["auto", "off"] = "auto"

@@ -192,9 +192,11 @@ _Key = tuple[str, int, str]
 
 
 class RepeatFilter(logging.Filter):
-    """A burst of one message is counted, not repeated.
+    """A burst of one warning or error is counted, not repeated.
 
-    Per window of ``window_s`` (the records' own ``created``, no clock read):
+    Records below ``min_level`` (WARNING) all pass: state changes such as ``= speaker
+    playing`` recur legitimately and are what a reader follows. Per window of ``window_s``
+    (the records' own ``created``, no clock read):
 
     - the same message (logger, level, text) passes once; its repeats are counted, and
       the first one after the window passes with ``(… repeated N times in the last S s)``;
@@ -208,10 +210,15 @@ class RepeatFilter(logging.Filter):
     """
 
     def __init__(
-        self, window_s: float, handlers: list[logging.Handler] | None = None, per_kind: int = 20
+        self,
+        window_s: float,
+        handlers: list[logging.Handler] | None = None,
+        per_kind: int = 20,
+        min_level: int = logging.WARNING,
     ):
         super().__init__()
         self.window_s = window_s
+        self.min_level = min_level
         self.per_kind = per_kind
         self.handlers: list[logging.Handler] = handlers if handlers is not None else []
         self._same: collections.OrderedDict[_Key, _Burst] = collections.OrderedDict()
@@ -226,7 +233,7 @@ class RepeatFilter(logging.Filter):
         return bool(decided)
 
     def _decide(self, record: logging.LogRecord) -> bool:
-        if self.window_s <= 0:
+        if self.window_s <= 0 or record.levelno < self.min_level:
             return True
         template = str(record.msg)
         record._navtalk_template = template

@@ -168,10 +168,12 @@ def test_json_lines_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert "ZeroDivisionError" in lines[1]["exc"]
 
 
-def _record(msg: str, created: float, *args: object) -> logging.LogRecord:
+def _record(
+    msg: str, created: float, *args: object, level: int = logging.ERROR
+) -> logging.LogRecord:
     return logging.makeLogRecord(
-        {"name": "t", "msg": msg, "args": args, "levelno": 40, "levelname": "ERROR",
-         "created": created}
+        {"name": "t", "msg": msg, "args": args, "levelno": level,
+         "levelname": logging.getLevelName(level), "created": created}
     )  # fmt: skip
 
 
@@ -208,12 +210,15 @@ def test_repeat_filter_lets_different_texts_of_one_kind_through_up_to_a_bound() 
     sink.addFilter(repeat)
     sink.handle(_record("= %s: starting -> running", 0.0, "tools"))
     sink.handle(_record("= %s: starting -> running", 0.1, "speaker"))  # not a repeat
+    for _ in range(3):  # INFO: state changes recur and all pass
+        sink.handle(_record("= speaker playing", 0.2, level=logging.INFO))
     for i in range(50):
         sink.handle(_record("bad frame from %s", 1 + i * 0.1, f"peer{i}"))
     repeat.flush()
     assert sink.lines == [
         "= tools: starting -> running",
         "= speaker: starting -> running",
+        *["= speaker playing"] * 3,
         "bad frame from peer0",
         "bad frame from peer1",
         "bad frame from peer2",
