@@ -33,13 +33,12 @@ from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import topics
+from agent import systemd, topics
 from agent.bus import Bus, Proxy
 from agent.config import Settings, SupervisorSettings
 from agent.errors import SupervisorError
 from agent.messages import HealthStatus, Heartbeat, Metrics, Shutdown, VideoStats
 from agent.runtime import heartbeat_loop
-from agent.systemd import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +139,9 @@ class Supervisor:
         self._stop_reason = ""
         self._tasks: set[asyncio.Task[None]] = set()
         self._proxy: Proxy | None = None
+        self.systemd = systemd.Notifier(env)  # Type=notify: READY=1, WATCHDOG=1
         self._bus: Bus | None = None
         self._metrics: _MetricsExporter | None = None
-        self.systemd = Notifier(env)  # Type=notify: READY=1, WATCHDOG=1 (agent.systemd)
         names: list[str] = ["emulator"] if settings.emulator.embedded else []
         for service in settings.supervisor.services:
             if only is not None and service not in only:
@@ -273,9 +272,9 @@ class Supervisor:
                     child.last_beat = time.monotonic()
                     if child.phase is ChildPhase.STARTING:
                         child.set_phase(ChildPhase.RUNNING, "first heartbeat")
-            self._systemd_up()
             if self._metrics is not None:
                 self._metrics.observe(d.msg)
+            self._systemd_up()
 
     async def _watchdog(self) -> None:
         while not self._stopping.is_set():  # a stopping child is silent on purpose
