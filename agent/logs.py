@@ -310,6 +310,7 @@ class RepeatFilter(logging.Filter):
 # -- setup -------------------------------------------------------------------------------------
 
 _filters: list[RepeatFilter] = []
+_installed: list[logging.Handler] = []  # closed by the next setup_logging (others' are left be)
 
 
 def _flush_repeats() -> None:
@@ -336,7 +337,9 @@ def setup_logging(
     _filters.clear()
     for handler in list(root.handlers):
         root.removeHandler(handler)
+    for handler in _installed:
         handler.close()
+    _installed.clear()
     text = RedactingFormatter(TEXT_FORMAT.format(process=process), datefmt=DATE_FORMAT)
     lines: logging.Formatter = JsonFormatter(process) if settings.format == "json" else text
     handlers: list[logging.Handler] = []
@@ -363,6 +366,7 @@ def setup_logging(
     for handler in handlers:
         handler.addFilter(repeat)
         root.addHandler(handler)
+    _installed.extend(handlers)
     root.setLevel(logging.DEBUG if verbose else settings.level)
     for name, level in settings.levels.items():
         logging.getLogger(name).setLevel(level)
