@@ -126,11 +126,12 @@ def test_installed_emulator_starts_and_stops(
             proc.wait()
 
 
-def test_installed_agent_runs_the_emulator_profile_to_ready(
+def test_installed_agent_runs_the_emulator_profile_to_a_connected_session(
     installed: tuple[Path, dict[str, str]], tmp_path: Path, short_tmp: Path
 ) -> None:
     """`navtalk-agent run --profile emulator` from the wheel: every service comes up (the
-    systemd READY=1 of agent.systemd on a real socket says so), then stops cleanly."""
+    systemd READY=1 of agent.systemd on a real socket says so), the session connects to
+    the embedded emulator (the installed `navtalk-agent tap` sees it), then all stop cleanly."""
     bindir, env = installed
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(short_tmp / "notify"))
@@ -143,6 +144,13 @@ def test_installed_agent_runs_the_emulator_profile_to_ready(
         for end in ("publish", "subscribe"):
             sets.append(f"bus.{plane}.{end}=ipc://{short_tmp}/{plane[0]}-{end}")
     log = tmp_path / "run.log"
+    # The tap connects first (ZeroMQ connects to an ipc:// path that is not there yet), so
+    # the session's one navtalk.connection event cannot pass before it listens.
+    tap = subprocess.Popen(
+        [str(bindir / "navtalk-agent"), "tap", "navtalk.connection", "--json", "--count", "1",
+         "--duration", "90", "--endpoint", f"ipc://{short_tmp}/c-subscribe"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env,
+    )  # fmt: skip
     proc = subprocess.Popen(
         [str(bindir / "navtalk-agent"), "run", "--profile", "emulator",
          *[x for s in sets for x in ("--set", s)]],
@@ -156,12 +164,15 @@ def test_installed_agent_runs_the_emulator_profile_to_ready(
             got.append(notify.recv(4096))  # a timeout here: see run.log below
         print(f"READY=1 after {time.monotonic() - t0:.1f} s: {got[-1]!r}")
         assert got[-1] == b"READY=1\nSTATUS=5 services up"
+        seen, _ = tap.communicate(timeout=90)
+        assert '"success"' in seen, seen  # conversation.connected.success, via the bus
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
         assert code == 0, log.read_text()
     finally:
         notify.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        for p in (tap, proc):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     assert (tmp_path / "out" / "logs" / "session.log").is_file()
