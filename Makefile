@@ -25,10 +25,13 @@ $(SYSTAMP): scripts/install-system-deps.sh
 	@mkdir -p .cache && touch $@
 
 venv: $(STAMP)
-$(STAMP): pyproject.toml examples/reception-tools/pyproject.toml
+# requirements/lock-py311.txt pins the runtime dependencies (scripts/lock.py writes it;
+# scripts/check-wheels.sh proves each has x86-64 and aarch64 wheels).
+LOCK = requirements/lock-py311.txt
+$(STAMP): pyproject.toml examples/reception-tools/pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]" -e examples/reception-tools
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev]" -e examples/reception-tools
 	@touch $@
 
 demo: setup

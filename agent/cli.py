@@ -10,6 +10,7 @@
     navtalk-agent devices                              list audio devices
     navtalk-agent history clear [--config FILE]        forget the stored conversation
     navtalk-agent config check FILE | show [--config FILE]
+    navtalk-agent install systemd [--user] [--profile kiosk|robot] [--dry-run] [--prefix DIR]
 
 Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
 """
@@ -51,6 +52,11 @@ def _add_config(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one setting, e.g. --set display.backend=window (repeatable)",
     )
+    p.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="a profile shipped with the package: emulator, kiosk, robot, default",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as dated text or JSON objects (sets log.format for every process)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="run the whole agent under the supervisor")
@@ -103,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["clear"])
     _add_config(p)
 
+    p = sub.add_parser("install", help="install the systemd unit, profile and license file")
+    from agent.install import add_cli_arguments as add_install_arguments
+
+    add_install_arguments(p)
+
     p = sub.add_parser("config", help="check or show a configuration")
     p.add_argument("action", choices=["check", "show"])
     p.add_argument("file", nargs="?", help="the profile to check")
@@ -111,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from agent.resources import apply_profile
+
+    apply_profile(args)  # --profile NAME -> --config <the shipped file>
     path = getattr(args, "file", None) or getattr(args, "config", None)
     return load(path, getattr(args, "overrides", []))
 
@@ -119,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     die_with_parent()  # first: a child of the supervisor dies with it (agent.lifeline)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.log_format and hasattr(args, "overrides"):
+        args.overrides.append(f"log.format={args.log_format}")
     try:
         code = _dispatch(args)
         sys.stdout.flush()  # here, so a closed pipe is caught below and not at exit
@@ -142,6 +163,10 @@ def _one_line(exc: BaseException) -> str:
 
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
+    if cmd == "install":
+        from agent.install import main as install_main
+
+        return install_main(args)
     if cmd == "devices":
         from hardware.audio import list_devices
 

@@ -137,6 +137,16 @@ class LogSettings(_Section, frozen=True, kw_only=True):
     levels: dict[str, Literal["DEBUG", "INFO", "WARNING", "ERROR"]] = msgspec.field(
         default_factory=lambda: {"aioice": "WARNING", "aiortc": "WARNING", "websockets": "WARNING"}
     )
+    # Line format: "text" (dated lines) or "json" (one object per line, for log shippers).
+    format: Literal["text", "json"] = "text"
+    # A log file is rotated when it reaches this many bytes ...
+    max_file_bytes: Annotated[int, msgspec.Meta(ge=10_000)] = 10_000_000
+    # ... and this many rotated files are kept beside it.
+    keep_files: Annotated[int, msgspec.Meta(ge=0, le=100)] = 5
+    # The same warning/error again within this many seconds is counted, not repeated (0 = off).
+    repeat_window_s: Annotated[float, msgspec.Meta(ge=0)] = 10.0
+    # "auto": to journald when systemd started us (JOURNAL_STREAM is our stderr); "off": never.
+    journal: Literal["auto", "off"] = "auto"
 
 
 class Settings(_Section, frozen=True, kw_only=True):

@@ -55,10 +55,13 @@ from agent.messages import (
     ToolResult,
     UserTranscript,
 )
+from agent.resources import packaged_path_overrides, profile_path
 from agent.topics import Plane
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = ROOT / "config" / "emulator.toml"
+CHECKOUT = (ROOT / "pyproject.toml").is_file()  # else an installed wheel (site-packages)
+# config/emulator.toml: the checkout's, or the copy shipped in the package (agent.resources)
+DEFAULT_CONFIG = ROOT / "config" / "emulator.toml" if CHECKOUT else profile_path("emulator")
 
 # When (seconds into guest.wav) the guest starts each line of the script's `hears` list.
 # The lead-in covers process start-up and the avatar's greeting; each gap leaves room for
@@ -279,7 +282,7 @@ def _prepare(outputs: Outputs, config: Path, script: Path | None) -> list[str]:
     outputs.logs.mkdir(parents=True, exist_ok=True)
     for stale in (outputs.speaker_wav, outputs.avatar_mp4, outputs.history_db):
         stale.unlink(missing_ok=True)
-    settings = load(config)
+    settings = load(config, packaged_path_overrides(config, ROOT))
     script_path = script or Path(settings.emulator.script_path or "")
     if not script_path.is_file():
         raise SystemExit(f"demo: the emulator script {script_path} does not exist")
@@ -301,7 +304,11 @@ async def run_demo(
     lines = await asyncio.to_thread(_prepare, outputs, config, script)
     print(f"demo: synthesizing the guest's {len(lines)} lines with espeak-ng ...", flush=True)
     spans = await write_guest_wav(outputs.guest_wav, lines, starts_s[: len(lines)])
-    overrides = [*overrides_for(outputs, window=window, script=script), *extra_overrides]
+    overrides = [
+        *packaged_path_overrides(config, ROOT),  # outside a checkout: the shipped script
+        *overrides_for(outputs, window=window, script=script),
+        *extra_overrides,
+    ]
     args = [sys.executable, "-m", "agent", "run", "--config", str(config)]
     for item in overrides:
         args += ["--set", item]
@@ -347,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m agent.demo", description="The offline demo against the local emulator."
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "out", help="output directory")
+    out = ROOT / "out" if CHECKOUT else Path("out")  # never into site-packages
+    parser.add_argument("--out", type=Path, default=out, help="output directory")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="agent profile")
     parser.add_argument("--window", action="store_true", help="show the real avatar window")
     parser.add_argument("--timeout", type=float, default=100.0, help="give up after S seconds")

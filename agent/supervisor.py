@@ -42,7 +42,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from agent import topics
+from agent import systemd, topics
 from agent.bus import Bus, Proxy
 from agent.config import Settings, SupervisorSettings
 from agent.errors import SupervisorError
@@ -191,6 +191,7 @@ class Supervisor:
         self._exit_code = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._proxy: Proxy | None = None
+        self.systemd = systemd.Notifier(env)  # Type=notify: READY=1, WATCHDOG=1
         self._bus: Bus | None = None
         self._metrics: _MetricsExporter | None = None
         self._zygote: Zygote | None = None
@@ -241,6 +242,8 @@ class Supervisor:
                 await self._start_zygote()
             for child in self.children.values():
                 await self._spawn(child)
+            self._systemd_up()
+            self._spawn_task(self.systemd.watchdog_loop(), "systemd-watchdog")
             self._spawn_task(self._watch_health(), "health")
             self._spawn_task(self._watchdog(), "watchdog")
             beat = heartbeat_loop(
@@ -398,6 +401,7 @@ class Supervisor:
                         child.down_since = None
             if self._metrics is not None:
                 self._metrics.observe(d.msg)
+            self._systemd_up()
 
     async def _watchdog(self) -> None:
         while not self._stopping.is_set():  # a stopping child is silent on purpose
@@ -446,8 +450,14 @@ class Supervisor:
         gave_up = [c.name for c in self.children.values() if c.phase is ChildPhase.GAVE_UP]
         return ("degraded", f"gave up on: {', '.join(gave_up)}") if gave_up else ("ok", "")
 
+    def _systemd_up(self) -> None:
+        if not self.systemd.ready_sent:
+            beating = [c for c in self.children.values() if c.heartbeats]
+            self.systemd.up(all(c.phase is ChildPhase.RUNNING for c in beating), len(beating))
+
     async def _shutdown(self) -> None:
         self._stopping.set()
+        self.systemd.stopping(self._stop_reason)
         if self._bus is not None:
             with contextlib.suppress(Exception):
                 self._bus.publish(topics.CONTROL_SHUTDOWN, Shutdown(reason=self._stop_reason))
@@ -480,6 +490,7 @@ class Supervisor:
             self._proxy.stop()
         if self._metrics is not None:
             self._metrics.close()
+        self.systemd.close()
         codes = {c.name: c.exit_codes[-1] if c.exit_codes else None for c in self.children.values()}
         log.info("= all stopped: %s", ", ".join(f"{k}={v}" for k, v in codes.items()))
 

@@ -197,7 +197,8 @@ def test_barge_in_cut_the_long_answer(demo_run: dict[str, object]) -> None:
 
 
 def _log_time(line: str) -> float:
-    h, m, sec = line.split()[0].split(":")
+    """Seconds since midnight of a log line (``2026-11-30 12:00:01.234 session ...``)."""
+    h, m, sec = line.split()[1].split(":")
     return int(h) * 3600 + int(m) * 60 + float(sec)
 
 
