@@ -36,12 +36,14 @@ import zmq.asyncio
 from agent import topics
 from agent.config import BusSettings, PlaneEndpoints
 from agent.errors import BusError, MessageDecodeError
+from agent.latch import LATCH_REPLY_PREFIX, LATCH_REQUEST, LatchStore, parse_request
 from agent.messages import AnyMessage, Envelope, Message, decode_envelope, encode_envelope
 
 __all__ = ["Bus", "BusSettings", "Delivery", "PlaneEndpoints", "Proxy"]
 
 log = logging.getLogger(__name__)
 
+INTERNAL_PREFIX = "_"  # bus-internal topics (probes, latch requests and replies); no service's
 PROBE_PREFIX = "_probe."  # bus-internal topic used by Bus.start() to know it is connected
 
 
@@ -56,6 +58,7 @@ class Delivery:
     wall_ns: int
     msg: Message
     payload: list[bytes]
+    replayed: bool = False  # re-sent from a publisher's latch (may duplicate a live one)
 
 
 @dataclass
@@ -66,6 +69,9 @@ class BusStats:
     media_dropped: int = 0  # oldest media dropped from a full receive queue
     decode_errors: int = 0
     gaps: int = 0  # sequence gaps seen (messages lost upstream)
+    latch_requests: int = 0  # latch requests answered (ours included)
+    latch_resent: int = 0  # latched messages re-sent to late subscribers
+    replayed: int = 0  # latched messages received as a re-send
     per_topic: dict[str, int] = field(default_factory=dict)
 
 
@@ -164,6 +170,13 @@ class Proxy:
             xpub.close(linger=0)
             ready.abort()
             return
+        # Subscribe the XSUB to everything, so every publisher sends every message to the
+        # proxy and the filtering happens in the XPUB only. Otherwise a new subscription
+        # would have to reach each publisher (asynchronously, after the proxy) before its
+        # messages flow, and Bus.start() could not know when it has: now, its probe coming
+        # back through the XPUB proves its subscriptions are in place for every publisher.
+        # (The XSUB replays this to each publisher that connects later.)
+        xsub.send(b"\x01")
         try:
             ready.wait(timeout=10)
         except threading.BrokenBarrierError:
@@ -229,10 +242,14 @@ class Bus:
         self._media: collections.deque[Delivery] = collections.deque(maxlen=media_queue)
         self._wakeup = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
-        self._probe_topic = f"{PROBE_PREFIX}{sender}.{uuid.uuid4().hex[:8]}"
+        self._id = f"{sender}.{uuid.uuid4().hex[:12]}"  # this connection, for directed replies
+        self._probe_topic = f"{PROBE_PREFIX}{self._id}"
+        self._reply_topic = f"{LATCH_REPLY_PREFIX}{self._id}"
+        self._latch = LatchStore()
         self._probe_seen: set[topics.Plane] = set()
         self._probe_event = asyncio.Event()
         self._started = False
+        self._connected = False  # start() has seen its probes come back
         self._closed = False
         self.stats = BusStats()
 
@@ -243,12 +260,17 @@ class Bus:
 
         A prefix that matches no declared topic is refused, so typos fail loudly.
         """
+        new_control: list[str] = []
         for name in names:
             for plane in self._planes_for(name):
+                if plane is topics.Plane.CONTROL and name not in self._prefixes[plane]:
+                    new_control.append(name)
                 self._prefixes[plane].add(name)
                 sock = self._sub.get(plane)
                 if sock is not None:
                     sock.setsockopt(zmq.SUBSCRIBE, name.encode())
+        if self._connected and new_control:  # started: ask the holders of latched topics now
+            self._request_latched(new_control)
 
     @staticmethod
     def _planes_for(prefix: str) -> set[topics.Plane]:
@@ -282,6 +304,9 @@ class Bus:
             for prefix in self._prefixes[plane]:
                 sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
             sub.setsockopt(zmq.SUBSCRIBE, self._probe_topic.encode())
+            if plane is topics.Plane.CONTROL:
+                sub.setsockopt(zmq.SUBSCRIBE, LATCH_REQUEST.encode())
+                sub.setsockopt(zmq.SUBSCRIBE, self._reply_topic.encode())
             self._sub[plane] = sub
             self._readers.append(
                 asyncio.create_task(self._reader(plane, sub), name=f"bus-reader-{plane}")
@@ -303,18 +328,35 @@ class Bus:
                 async with asyncio.timeout(0.02):
                     await self._probe_event.wait()
             self._probe_event.clear()
-        log.debug("= bus connected as %s", self.sender)
+        log.debug("= bus connected as %s", self._id)
+        self._connected = True
+        if self._prefixes[topics.Plane.CONTROL]:
+            self._request_latched(sorted(self._prefixes[topics.Plane.CONTROL]))
+
+    def _request_latched(self, prefixes: list[str]) -> None:
+        """Ask every bus client for its latched messages under ``prefixes`` (answered on our
+        reply topic, which our SUB reads since start())."""
+        frames = [LATCH_REQUEST.encode(), self._id.encode(), *(p.encode() for p in prefixes)]
+        self._pub[topics.Plane.CONTROL].send_multipart(frames, zmq.NOBLOCK)
 
     def _endpoints(self, plane: topics.Plane) -> PlaneEndpoints:
         return self._settings.control if plane is topics.Plane.CONTROL else self._settings.media
 
     # -- publish ---------------------------------------------------------------------------
 
-    def publish(self, topic: str, msg: Message, *payload: bytes | memoryview) -> bool:
+    def publish(
+        self, topic: str, msg: Message, *payload: bytes | memoryview, latch: int = 0
+    ) -> bool:
         """Publish ``msg`` on ``topic`` with raw ``payload`` frames. Never blocks.
 
-        Returns False when the message was dropped at the high-water mark.
-        Raises BusError when ``msg`` is not the type the topic carries.
+        ``latch=N`` (N > 0, control-plane topics only) also keeps this message as one of the
+        last N published on ``topic`` by this client: a client subscribing to ``topic`` later
+        (or restarting) receives them after its ``start()``/``subscribe()``, marked
+        ``Delivery.replayed``. A publish without ``latch`` leaves the kept ones alone;
+        :meth:`unlatch` forgets them.
+
+        Returns False when the message was dropped at the high-water mark (a latched one is
+        kept all the same). Raises BusError when ``msg`` is not the type the topic carries.
         """
         try:
             spec = topics.spec_for(topic)
@@ -332,6 +374,13 @@ class Bus:
         body = encode_envelope(
             Envelope(self.sender, self._seq[topic], time.monotonic_ns(), time.time_ns(), typed)
         )
+        if latch:
+            if spec.plane is not topics.Plane.CONTROL:
+                raise BusError(f"latch on {topic!r}: only control-plane topics can be latched")
+            try:
+                self._latch.keep(topic, [topic.encode(), body, *map(bytes, payload)], latch)
+            except ValueError as exc:
+                raise BusError(str(exc)) from exc
         try:
             pub.send_multipart([topic.encode(), body, *payload], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -339,6 +388,13 @@ class Bus:
             return False
         self.stats.published += 1
         return True
+
+    def unlatch(self, topic: str) -> None:
+        """Forget the latched messages of ``topic``: late subscribers no longer get them.
+        (A copy already sent stays sent.)"""
+        dropped = self._latch.forget(topic)
+        if dropped:
+            log.debug("= %s: unlatched %d message(s)", topic, dropped)
 
     # -- receive ---------------------------------------------------------------------------
 
@@ -355,12 +411,10 @@ class Bus:
                 log.error("bus reader %s: %s", plane, exc)
                 continue
             topic = frames[0].decode("ascii", "replace")
-            if topic.startswith(PROBE_PREFIX):
-                if topic == self._probe_topic:
-                    self._probe_seen.add(plane)
-                    self._probe_event.set()
-                continue
-            delivery = self._decode(topic, frames)
+            if topic.startswith(INTERNAL_PREFIX):
+                delivery = self._internal(plane, topic, frames)
+            else:
+                delivery = self._decode(topic, frames)
             if delivery is None:
                 continue
             if queue.maxlen is not None and len(queue) == queue.maxlen:
@@ -371,7 +425,52 @@ class Bus:
             queue.append(delivery)
             self._wakeup.set()
 
-    def _decode(self, topic: str, frames: list[bytes]) -> Delivery | None:
+    def _internal(self, plane: topics.Plane, topic: str, frames: list[bytes]) -> Delivery | None:
+        """A bus-internal message: our probe, somebody's latch request, or a latch reply."""
+        if topic == self._probe_topic:
+            self._probe_seen.add(plane)
+            self._probe_event.set()
+        elif plane is not topics.Plane.CONTROL:
+            pass
+        elif topic == LATCH_REQUEST:
+            self._answer_latch_request(frames)
+        elif topic == self._reply_topic:
+            inner = frames[1:]
+            if not inner:
+                return None
+            name = inner[0].decode("ascii", "replace")
+            if not name.startswith(tuple(self._prefixes[plane])):
+                return None  # latched by someone for a prefix we did not ask for
+            delivery = self._decode(name, inner, replayed=True)
+            if delivery is not None and topics.spec_for(name).plane is plane:
+                self.stats.replayed += 1
+                return delivery
+        return None
+
+    def _answer_latch_request(self, frames: list[bytes]) -> None:
+        request = parse_request(frames)
+        if request is None:
+            self.stats.decode_errors += 1
+            return
+        requester, prefixes = request
+        kept = self._latch.matching(prefixes)
+        self.stats.latch_requests += 1
+        if not kept:
+            return
+        pub = self._pub[topics.Plane.CONTROL]
+        reply = f"{LATCH_REPLY_PREFIX}{requester}".encode()
+        for latched in kept:
+            try:
+                pub.send_multipart([reply, *latched], zmq.NOBLOCK)
+            except zmq.Again:
+                log.warning("> latch reply to %s: control queue full, dropped", requester)
+                return
+            self.stats.latch_resent += 1
+        log.debug("> %d latched message(s) re-sent to %s", len(kept), requester)
+
+    def _decode(
+        self, topic: str, frames: list[bytes], *, replayed: bool = False
+    ) -> Delivery | None:
         if len(frames) < 2:
             self.stats.decode_errors += 1
             log.warning("< %s: dropped, %d frame(s), need topic + body", topic, len(frames))
@@ -393,14 +492,17 @@ class Bus:
                 spec.type.__name__,
             )
             return None
-        key = (env.sender, topic)
-        last = self._last_seen.get(key)
-        if last is not None and env.seq > last + 1:
-            self.stats.gaps += env.seq - last - 1
-        self._last_seen[key] = env.seq
+        if not replayed:  # a re-sent latched message is an old one: no gap bookkeeping
+            key = (env.sender, topic)
+            last = self._last_seen.get(key)
+            if last is not None and env.seq > last + 1:
+                self.stats.gaps += env.seq - last - 1
+            self._last_seen[key] = env.seq
         self.stats.received += 1
         self.stats.per_topic[topic] = self.stats.per_topic.get(topic, 0) + 1
-        return Delivery(topic, env.sender, env.seq, env.mono_ns, env.wall_ns, env.msg, frames[2:])
+        return Delivery(
+            topic, env.sender, env.seq, env.mono_ns, env.wall_ns, env.msg, frames[2:], replayed
+        )
 
     async def recv(self) -> Delivery:
         """The next message: control-plane messages first, then media."""
