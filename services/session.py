@@ -198,6 +198,10 @@ class SessionService:
                 tg.create_task(self._connection_loop(), name="session-conn")
                 tg.create_task(self.relay.deadline_loop(), name="session-deadlines")
                 tg.create_task(self._state_loop(), name="session-state")
+        except* Exception as group:  # a loop died: say so, then let the process end
+            for exc in group.exceptions:
+                log.error("= session loop failed: %s", redact(repr(exc)), exc_info=exc)
+            raise
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -333,7 +337,7 @@ class SessionService:
         self.link.opened(loop.time())
         try:
             try:
-                async with asyncio.timeout(self.link.deadline) as scope:
+                async with asyncio.timeout_at(self.link.deadline) as scope:
                     conn.handshake = scope
                     if self.cfg.declare_tools:
                         await self.relay.declare(conn)  # [sdk]: right after open
