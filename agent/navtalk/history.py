@@ -183,4 +183,4 @@ class HistoryThread:
         try:
             await asyncio.get_running_loop().run_in_executor(self._pool, work)
         finally:
-            self._pool.shutdown(wait=False)
+            self._pool.shutdown(wait=True)  # the worker is idle by now: this joins at once

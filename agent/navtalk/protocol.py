@@ -176,6 +176,11 @@ class NavTalkProtocol:
         return self._state_since
 
     @property
+    def held_argument_chars(self) -> int:
+        """Characters of function-call argument deltas held now (bounded)."""
+        return self._args_chars
+
+    @property
     def can_send_items(self) -> bool:
         """History / text turns / tool outputs may be sent (after realtime.session.created)."""
         return self._state in (SessionStatus.CREATED, SessionStatus.READY)
