@@ -1,5 +1,4 @@
-"""The ZeroMQ bus: two XSUB/XPUB proxies (control and media planes) and the client every
-service uses.
+"""The ZeroMQ bus: the client every service uses (the proxies: :mod:`agent.proxy`).
 
 ::
 
@@ -21,30 +20,43 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
-import socket
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Self
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Self
 
 import zmq
 import zmq.asyncio
 
 from agent import topics
+from agent.bus_stats import BurstLog, BusStats, peek_sender
 from agent.config import BusSettings, PlaneEndpoints
 from agent.errors import BusError, MessageDecodeError
-from agent.latch import LATCH_REPLY_PREFIX, LATCH_REQUEST, LatchStore, parse_request
-from agent.messages import AnyMessage, Envelope, Message, decode_envelope, encode_envelope
+from agent.latch import (
+    LATCH_REPLY_PREFIX,
+    LATCH_REQUEST,
+    MAX_LATCH,
+    LatchStore,
+    parse_request,
+)
+from agent.messages import (
+    MAX_BODY_BYTES,
+    AnyMessage,
+    Envelope,
+    Message,
+    decode_envelope,
+    encode_envelope,
+)
+from agent.proxy import MAX_FRAME_BYTES, Proxy
 
-__all__ = ["Bus", "BusSettings", "Delivery", "PlaneEndpoints", "Proxy"]
+__all__ = ["Bus", "BusSettings", "BusStats", "Delivery", "PlaneEndpoints", "Proxy"]
 
 log = logging.getLogger(__name__)
 
 INTERNAL_PREFIX = "_"  # bus-internal topics (probes, latch requests and replies); no service's
 PROBE_PREFIX = "_probe."  # bus-internal topic used by Bus.start() to know it is connected
+MAX_SEQ_KEYS = 4096  # (sender, topic) pairs whose sequence numbers are followed
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,159 +71,6 @@ class Delivery:
     msg: Message
     payload: list[bytes]
     replayed: bool = False  # re-sent from a publisher's latch (may duplicate a live one)
-
-
-@dataclass
-class BusStats:
-    published: int = 0
-    publish_dropped: int = 0  # refused by a full PUB queue (media plane only, by design)
-    received: int = 0
-    media_dropped: int = 0  # oldest media dropped from a full receive queue
-    decode_errors: int = 0
-    gaps: int = 0  # sequence gaps seen (messages lost upstream)
-    latch_requests: int = 0  # latch requests answered (ours included)
-    latch_resent: int = 0  # latched messages re-sent to late subscribers
-    replayed: int = 0  # latched messages received as a re-send
-    per_topic: dict[str, int] = field(default_factory=dict)
-
-
-def _prepare_ipc(endpoint: str) -> None:
-    """Create the directory of an ipc:// endpoint, and refuse to steal a live one.
-
-    ZeroMQ silently replaces an ipc socket file that another process is bound
-    to, which would split the bus in two; a stale file (no listener) is removed.
-    """
-    if not endpoint.startswith("ipc://"):
-        return
-    path = endpoint[len("ipc://") :]
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    if os.path.exists(path):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)
-        else:
-            raise zmq.ZMQError(zmq.EADDRINUSE, f"{endpoint} is in use by another bus proxy")
-        finally:
-            probe.close()
-
-
-class Proxy:
-    """Both planes' XSUB/XPUB proxies (pyzmq's ``zmq.proxy``), each on its own thread.
-
-    The proxy owns its ZeroMQ context; ``stop()`` terminates it, which ends
-    both proxy loops, and removes the ipc socket files.
-    """
-
-    def __init__(self, settings: BusSettings):
-        self._settings = settings
-        self._ctx: zmq.Context[Any] | None = None
-        self._threads: list[threading.Thread] = []
-        self._errors: list[BaseException] = []
-        self._bound: list[str] = []  # endpoints this proxy bound (its ipc files to remove)
-
-    def start(self) -> None:
-        self._ctx = zmq.Context()
-        ready = threading.Barrier(3)
-        for plane_name, plane in (
-            ("control", self._settings.control),
-            ("media", self._settings.media),
-        ):
-            t = threading.Thread(
-                target=self._run,
-                args=(self._ctx, plane_name, plane, ready),
-                name=f"bus-proxy-{plane_name}",
-                daemon=True,
-            )
-            t.start()
-            self._threads.append(t)
-        try:
-            ready.wait(timeout=10)
-        except threading.BrokenBarrierError as exc:
-            self.stop()
-            detail = "; ".join(str(e) for e in self._errors) or "timed out"
-            raise BusError(f"bus proxy failed to start: {detail}") from exc
-        log.info(
-            "= bus proxy up: control %s -> %s, media %s -> %s",
-            self._settings.control.publish,
-            self._settings.control.subscribe,
-            self._settings.media.publish,
-            self._settings.media.subscribe,
-        )
-
-    def _run(
-        self,
-        ctx: zmq.Context[Any],
-        name: str,
-        plane: PlaneEndpoints,
-        ready: threading.Barrier,
-    ) -> None:
-        xsub = ctx.socket(zmq.XSUB)
-        xpub = ctx.socket(zmq.XPUB)
-        try:
-            for sock in (xsub, xpub):
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.RCVHWM, plane.hwm)
-                sock.setsockopt(zmq.SNDHWM, plane.hwm)
-            _prepare_ipc(plane.publish)
-            _prepare_ipc(plane.subscribe)
-            xsub.bind(plane.publish)
-            self._bound.append(plane.publish)
-            xpub.bind(plane.subscribe)
-            self._bound.append(plane.subscribe)
-        except zmq.ZMQError as exc:
-            self._errors.append(
-                BusError(f"{name} plane: cannot bind {plane.publish} / {plane.subscribe}: {exc}")
-            )
-            xsub.close(linger=0)
-            xpub.close(linger=0)
-            ready.abort()
-            return
-        # Subscribe the XSUB to everything, so every publisher sends every message to the
-        # proxy and the filtering happens in the XPUB only. Otherwise a new subscription
-        # would have to reach each publisher (asynchronously, after the proxy) before its
-        # messages flow, and Bus.start() could not know when it has: now, its probe coming
-        # back through the XPUB proves its subscriptions are in place for every publisher.
-        # (The XSUB replays this to each publisher that connects later.)
-        xsub.send(b"\x01")
-        try:
-            ready.wait(timeout=10)
-        except threading.BrokenBarrierError:
-            pass
-        try:
-            zmq.proxy(xsub, xpub)
-        except zmq.ContextTerminated:
-            pass
-        except zmq.ZMQError as exc:
-            log.error("bus proxy %s stopped: %s", name, exc)
-        finally:
-            xsub.close(linger=0)
-            xpub.close(linger=0)
-
-    def stop(self) -> None:
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
-        for t in self._threads:
-            t.join(timeout=5)
-        self._threads.clear()
-        # Only what we bound: a start refused because another proxy holds the endpoints
-        # must not remove that proxy's files.
-        bound, self._bound = self._bound, []
-        for ep in bound:
-            if ep.startswith("ipc://"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(ep[len("ipc://") :])
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class Bus:
@@ -247,7 +106,12 @@ class Bus:
         self._reply_topic = f"{LATCH_REPLY_PREFIX}{self._id}"
         self._latch = LatchStore()
         self._probe_seen: set[topics.Plane] = set()
+        self._probe_nonce = b""
         self._probe_event = asyncio.Event()
+        self._declared: topics.ServiceTopics | None = None  # see declare()
+        self._failure: BusError | None = None  # set when a reader died: recv() raises it
+        self._drops = BurstLog()
+        self._drops_timer: asyncio.TimerHandle | None = None
         self._started = False
         self._connected = False  # start() has seen its probes come back
         self._closed = False
@@ -271,6 +135,13 @@ class Bus:
                     sock.setsockopt(zmq.SUBSCRIBE, name.encode())
         if self._connected and new_control:  # started: ask the holders of latched topics now
             self._request_latched(new_control)
+
+    def declare(self, declared: topics.ServiceTopics, *, without: Iterable[str] = ()) -> None:
+        """Subscribe to the declared reads (less ``without``: reads this configuration does
+        not need) and from now on refuse (BusError) to publish outside the declared writes:
+        what a service does cannot drift from what it declares."""
+        self._declared = declared
+        self.subscribe(*declared.subscriptions(without=without))
 
     @staticmethod
     def _planes_for(prefix: str) -> set[topics.Plane]:
@@ -300,6 +171,7 @@ class Bus:
             sub = self._ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.RCVHWM, ep.hwm)
+            sub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES[plane])  # refused before allocated
             sub.connect(ep.subscribe)
             for prefix in self._prefixes[plane]:
                 sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
@@ -311,27 +183,51 @@ class Bus:
             self._readers.append(
                 asyncio.create_task(self._reader(plane, sub), name=f"bus-reader-{plane}")
             )
+        missing = await self._probe(timeout)
+        if missing:
+            await self.close()
+            raise BusError(
+                f"bus not reachable within {timeout:.0f} s ({missing} plane): is the proxy "
+                f"running at {self._settings.control.publish}?"
+            )
+        log.debug("= bus connected as %s", self._id)
+        self._connected = True
+        if self._prefixes[topics.Plane.CONTROL]:
+            self._request_latched(sorted(self._prefixes[topics.Plane.CONTROL]))
+
+    async def sync(self, timeout: float = 10.0) -> None:
+        """Return once every subscription made so far (also by :meth:`subscribe` after
+        :meth:`start`) is in force at the proxy: from then on, nothing published on those
+        topics by anyone is lost on its way to this client."""
+        if not self._connected:
+            raise BusError("Bus.sync() before Bus.start()")
+        missing = await self._probe(timeout)
+        if missing:
+            raise BusError(f"bus sync: no probe back within {timeout:.0f} s ({missing} plane)")
+
+    async def _probe(self, timeout: float) -> str:
+        """Publish a fresh probe on each plane until each came back through the proxy's XPUB:
+        our SUB's subscriptions travel in order, so the ones made before it are in place
+        too (and every publisher sends everything to the proxy: see agent.proxy). Returns
+        the planes whose probe did not come back, or ""."""
+        planes = {topics.Plane.CONTROL, topics.Plane.MEDIA}
+        self._probe_nonce = uuid.uuid4().bytes  # a late copy of an older probe does not count
+        self._probe_seen.clear()
         deadline = time.monotonic() + timeout
         while self._probe_seen != planes:
             if time.monotonic() > deadline:
-                missing = ", ".join(sorted(p.value for p in planes - self._probe_seen))
-                await self.close()
-                raise BusError(
-                    f"bus not reachable within {timeout:.0f} s ({missing} plane): is the proxy "
-                    f"running at {self._settings.control.publish}?"
-                )
+                return ", ".join(sorted(p.value for p in planes - self._probe_seen))
             for plane in planes - self._probe_seen:
-                self._pub[plane].send(self._probe_topic.encode(), zmq.NOBLOCK)
+                self._pub[plane].send_multipart(
+                    [self._probe_topic.encode(), self._probe_nonce], zmq.NOBLOCK
+                )
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
             # cancellation that arrives as the awaited thing completes.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.02):
                     await self._probe_event.wait()
             self._probe_event.clear()
-        log.debug("= bus connected as %s", self._id)
-        self._connected = True
-        if self._prefixes[topics.Plane.CONTROL]:
-            self._request_latched(sorted(self._prefixes[topics.Plane.CONTROL]))
+        return ""
 
     def _request_latched(self, prefixes: list[str]) -> None:
         """Ask every bus client for its latched messages under ``prefixes`` (answered on our
@@ -366,21 +262,29 @@ class Bus:
             raise BusError(
                 f"topic {topic!r} carries {spec.type.__name__}, not {type(msg).__name__}"
             )
+        if self._declared is not None and not self._declared.may_write(topic):
+            raise BusError(f"{self.sender} publishes {topic!r}, which it does not declare")
         pub = self._pub.get(spec.plane)
         if pub is None:
             raise BusError("Bus.publish() before Bus.start()")
-        self._seq[topic] += 1
+        limit = MAX_FRAME_BYTES[spec.plane]
+        if any(len(frame) > limit for frame in payload):
+            # the proxy would refuse it by disconnecting us: refuse it here, loudly
+            raise BusError(f"{topic}: a payload frame is over the {limit}-byte limit")
+        if latch and spec.plane is not topics.Plane.CONTROL:
+            raise BusError(f"latch on {topic!r}: only control-plane topics can be latched")
+        if not 0 <= latch <= MAX_LATCH:
+            raise BusError(f"latch depth must be 0..{MAX_LATCH}, not {latch}")
         typed: AnyMessage = msg  # type: ignore[assignment]  # checked against the table above
+        seq = self._seq[topic] + 1
         body = encode_envelope(
-            Envelope(self.sender, self._seq[topic], time.monotonic_ns(), time.time_ns(), typed)
+            Envelope(self.sender, seq, time.monotonic_ns(), time.time_ns(), typed)
         )
+        if len(body) > MAX_BODY_BYTES:  # every receiver would drop it
+            raise BusError(f"{topic}: body of {len(body)} bytes, limit {MAX_BODY_BYTES}")
+        self._seq[topic] = seq
         if latch:
-            if spec.plane is not topics.Plane.CONTROL:
-                raise BusError(f"latch on {topic!r}: only control-plane topics can be latched")
-            try:
-                self._latch.keep(topic, [topic.encode(), body, *map(bytes, payload)], latch)
-            except ValueError as exc:
-                raise BusError(str(exc)) from exc
+            self._latch.keep(topic, [topic.encode(), body, *map(bytes, payload)], latch)
         try:
             pub.send_multipart([topic.encode(), body, *payload], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -399,17 +303,38 @@ class Bus:
     # -- receive ---------------------------------------------------------------------------
 
     async def _reader(self, plane: topics.Plane, sock: zmq.asyncio.Socket) -> None:
+        """Receive until closed. Bad input is counted and dropped; anything else that ends
+        this loop fails :meth:`recv`, so the service (and its process) goes down with it."""
+        try:
+            await self._read(plane, sock)
+        except asyncio.CancelledError:
+            if not self._closed:  # not by close(): the loop is going away, most likely
+                log.warning("bus reader (%s plane) cancelled before close()", plane.value)
+                self._failure = BusError(f"bus reader ({plane.value} plane) was cancelled")
+                self._wakeup.set()
+            raise
+        except BaseException as exc:
+            if not self._closed:
+                self._fail(plane, exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _fail(self, plane: topics.Plane, exc: BaseException) -> None:
+        log.error("bus reader (%s plane) died", plane.value, exc_info=exc)
+        if self._failure is None:
+            self._failure = BusError(f"bus reader ({plane.value} plane) died: {exc!r}")
+            self._failure.__cause__ = exc
+        self._wakeup.set()
+
+    async def _read(self, plane: topics.Plane, sock: zmq.asyncio.Socket) -> None:
         queue = self._control if plane is topics.Plane.CONTROL else self._media
         while True:
             try:
                 frames = await sock.recv_multipart(copy=True)
-            except (asyncio.CancelledError, zmq.ContextTerminated):
-                return
-            except zmq.ZMQError as exc:
+            except zmq.ZMQError:
                 if self._closed:
                     return
-                log.error("bus reader %s: %s", plane, exc)
-                continue
+                raise  # the context was terminated or the socket closed under us
             topic = frames[0].decode("ascii", "replace")
             if topic.startswith(INTERNAL_PREFIX):
                 delivery = self._internal(plane, topic, frames)
@@ -428,8 +353,9 @@ class Bus:
     def _internal(self, plane: topics.Plane, topic: str, frames: list[bytes]) -> Delivery | None:
         """A bus-internal message: our probe, somebody's latch request, or a latch reply."""
         if topic == self._probe_topic:
-            self._probe_seen.add(plane)
-            self._probe_event.set()
+            if frames[1:] == [self._probe_nonce]:
+                self._probe_seen.add(plane)
+                self._probe_event.set()
         elif plane is not topics.Plane.CONTROL:
             pass
         elif topic == LATCH_REQUEST:
@@ -437,6 +363,7 @@ class Bus:
         elif topic == self._reply_topic:
             inner = frames[1:]
             if not inner:
+                self._dropped(topic, "?", "latch reply without a topic")
                 return None
             name = inner[0].decode("ascii", "replace")
             if not name.startswith(tuple(self._prefixes[plane])):
@@ -450,7 +377,7 @@ class Bus:
     def _answer_latch_request(self, frames: list[bytes]) -> None:
         request = parse_request(frames)
         if request is None:
-            self.stats.decode_errors += 1
+            self._dropped(LATCH_REQUEST, "?", "malformed latch request")
             return
         requester, prefixes = request
         kept = self._latch.matching(prefixes)
@@ -468,45 +395,68 @@ class Bus:
             self.stats.latch_resent += 1
         log.debug("> %d latched message(s) re-sent to %s", len(kept), requester)
 
+    def _dropped(self, topic: str, sender: str, why: str) -> None:
+        """Count a dropped message by (declared topic, sender); log the first of a burst,
+        and one summary per window while the burst goes on."""
+        try:
+            name = topics.spec_for(topic).name
+        except KeyError:
+            name = "?"
+        self.stats.count_decode_error(name, sender)
+        loop = asyncio.get_running_loop()
+        if self._drops.record(f"{name} from {sender}", loop.time()):
+            log.warning(
+                "< %s from %s: dropped: %s (more drops: one summary per %.0f s)",
+                topic[:80], sender, why, self._drops.window_s,
+            )  # fmt: skip
+        elif self._drops_timer is None:
+            self._drops_timer = loop.call_at(self._drops.due_at(), self._log_drops)
+
+    def _log_drops(self, *, force: bool = False) -> None:
+        self._drops_timer = None
+        line = self._drops.summary(asyncio.get_running_loop().time(), force=force)
+        if line is not None:
+            log.warning("< %s", line)
+
     def _decode(
         self, topic: str, frames: list[bytes], *, replayed: bool = False
     ) -> Delivery | None:
         if len(frames) < 2:
-            self.stats.decode_errors += 1
-            log.warning("< %s: dropped, %d frame(s), need topic + body", topic, len(frames))
+            self._dropped(topic, "?", f"{len(frames)} frame(s), need topic + body")
             return None
         try:
-            env = decode_envelope(frames[1])
             spec = topics.spec_for(topic)
+            env = decode_envelope(frames[1])
         except (MessageDecodeError, KeyError) as exc:
-            self.stats.decode_errors += 1
-            log.warning("< %s: dropped undecodable message: %s", topic, exc)
+            self._dropped(topic, peek_sender(frames[1]), str(exc))
             return None
         if type(env.msg) is not spec.type:
-            self.stats.decode_errors += 1
-            log.warning(
-                "< %s: dropped %s from %s (topic carries %s)",
-                topic,
-                type(env.msg).__name__,
-                env.sender,
-                spec.type.__name__,
-            )
+            why = f"{type(env.msg).__name__} (topic carries {spec.type.__name__})"
+            self._dropped(topic, env.sender[:40], why)
             return None
         if not replayed:  # a re-sent latched message is an old one: no gap bookkeeping
             key = (env.sender, topic)
-            last = self._last_seen.get(key)
+            last = self._last_seen.pop(key, None)  # re-inserted: the dict stays in LRU order
             if last is not None and env.seq > last + 1:
                 self.stats.gaps += env.seq - last - 1
             self._last_seen[key] = env.seq
+            if len(self._last_seen) > MAX_SEQ_KEYS:  # forged senders cannot grow it forever
+                del self._last_seen[next(iter(self._last_seen))]
         self.stats.received += 1
-        self.stats.per_topic[topic] = self.stats.per_topic.get(topic, 0) + 1
+        self.stats.per_topic[spec.name] = self.stats.per_topic.get(spec.name, 0) + 1
         return Delivery(
             topic, env.sender, env.seq, env.mono_ns, env.wall_ns, env.msg, frames[2:], replayed
         )
 
     async def recv(self) -> Delivery:
-        """The next message: control-plane messages first, then media."""
+        """The next message: control-plane messages first, then media.
+
+        Raises BusError when the bus is closed, or when a reader died (the cause chained):
+        a service's loop then ends, and the supervisor restarts its process.
+        """
         while True:
+            if self._failure is not None:
+                raise self._failure
             if self._control:
                 return self._control.popleft()
             if self._media:
@@ -520,10 +470,13 @@ class Bus:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Delivery]:
-        while not self._closed:
+        """Every message until the bus is closed; a dead reader raises (see recv)."""
+        while not self._closed or self._failure is not None:
             try:
                 yield await self.recv()
             except BusError:
+                if self._failure is not None:
+                    raise
                 return
 
     # -- teardown --------------------------------------------------------------------------
@@ -533,6 +486,9 @@ class Bus:
             return
         self._closed = True
         self._wakeup.set()
+        if self._drops_timer is not None:
+            self._drops_timer.cancel()
+        self._log_drops(force=True)
         for task in self._readers:
             task.cancel()
         for task in self._readers:

@@ -4,10 +4,6 @@ and a holder in another OS process."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +13,8 @@ from agent.bus import Bus, Delivery
 from agent.config import BusSettings
 from agent.errors import BusError
 from agent.messages import AudioFrame, IceCandidate, SdpMessage, ToolResult
+from tests.bus_peer import peer
 from tests.conftest import MakeBus
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def _recv(bus: Bus, timeout: float = 5.0) -> Delivery:
@@ -119,54 +114,6 @@ async def test_latch_is_refused_on_the_media_plane_and_past_its_bound(make_bus: 
         mic.publish(topics.AUDIO_MIC, AudioFrame(sample_rate_hz=24000), b"\0\0", latch=1)
     with pytest.raises(BusError, match="latch depth"):
         mic.publish(topics.WEBRTC_REMOTE_OFFER, _offer("x"), latch=100_000)
-
-
-@contextlib.asynccontextmanager
-async def peer(directory: Path, sender: str) -> AsyncIterator[Peer]:
-    """A Bus in another OS process (tests/bus_peer.py), driven over its stdin."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.bus_peer",
-        str(directory),
-        sender,
-        cwd=ROOT,
-        env=env,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    p = Peer(proc)
-    try:
-        assert await p.line() == "ready"
-        yield p
-    finally:
-        if proc.returncode is None:
-            assert proc.stdin is not None
-            proc.stdin.close()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-class Peer:
-    def __init__(self, proc: asyncio.subprocess.Process):
-        self.proc = proc
-
-    async def line(self) -> str:
-        assert self.proc.stdout is not None
-        raw = await asyncio.wait_for(self.proc.stdout.readline(), 20)
-        return raw.decode().strip()
-
-    def send(self, command: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command.encode() + b"\n")
-
-    async def do(self, command: str) -> None:
-        self.send(command)
-        assert await self.line() == "ok"
 
 
 async def test_a_holder_in_another_process_answers_late_subscribers(
