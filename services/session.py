@@ -77,9 +77,9 @@ from agent.navtalk.link import Link, LinkState, RetryPolicy
 from agent.navtalk.protocol import NavTalkProtocol
 from agent.navtalk.settings import read_license
 from agent.navtalk.url import RedactFilter, build_url, redact, register_secret
-from services.session_audio import MicRelay
-from services.session_conn import Connection, SignalingRelay, close_detail
-from services.session_tools import ToolRelay
+from services.session_parts.audio import MicRelay
+from services.session_parts.conn import Connection, SignalingRelay, close_detail
+from services.session_parts.tools import ToolRelay
 
 __all__ = ["EMULATOR_LICENSE", "SessionService", "clear_history", "effective_url", "run"]
 

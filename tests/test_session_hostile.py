@@ -570,7 +570,7 @@ async def test_oversized_bus_messages_are_not_forwarded(
     async with running_service("session", session_service.run, settings, license=LICENSE):
         await rec.wait_for(is_state(SessionPhase.READY))
         kiosk.publish(topics.INPUT_TEXT, TextInput(text="x" * 200_000, reply=False))
-        kiosk.publish(topics.AUDIO_MIC, AudioFrame(sample_rate_hz=24000), b"\x00" * 2_000_000)
+        kiosk.publish(topics.AUDIO_MIC, AudioFrame(sample_rate_hz=24000), b"\x00" * 500_000)
         kiosk.publish(topics.INPUT_TEXT, TextInput(text="small", reply=False))
         await h.wait(lambda: any("small" in json.dumps(f) for _, f in h.frames))
     assert max(len(json.dumps(f)) for _, f in h.frames) < 100_000

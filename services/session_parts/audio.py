@@ -18,7 +18,7 @@ from agent.messages import AudioFrame, PreRoll, PreRollRequest
 from agent.navtalk.backlog import AudioBacklog
 from agent.navtalk.protocol import AUDIO_SAMPLE_RATE_HZ
 from agent.navtalk.url import RedactFilter
-from services.session_conn import Connection
+from services.session_parts.conn import Connection
 
 __all__ = ["MicRelay"]
 

@@ -24,7 +24,7 @@ from agent.navtalk.calls import Dispatch, ToolCalls
 from agent.navtalk.pending import Completion
 from agent.navtalk.protocol import SessionStatus
 from agent.navtalk.url import RedactFilter
-from services.session_conn import Connection
+from services.session_parts.conn import Connection
 
 __all__ = ["ToolRelay"]
 
