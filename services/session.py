@@ -232,13 +232,15 @@ class SessionService:
         else:
             self.bus.publish(p.topic, p.msg, *p.payload)
 
-    def _flood(self, key: str, fmt: str, *args: object, exc_info: bool = False) -> None:
+    def _flood(
+        self, key: str, fmt: str, *args: object, exc_info: bool = False, level: int = 30
+    ) -> None:
         """Log ``fmt % args`` once per burst of ``key`` (the rest are counted)."""
         suppressed = self._burst.admit(key, time.monotonic())
         if suppressed is None:
             return
         more = f" (+{suppressed} more since the last line)" if suppressed else ""
-        log.warning(fmt + "%s", *args, more, exc_info=exc_info)
+        log.log(level, fmt + "%s", *args, more, exc_info=exc_info)
 
     # --- session.state -----------------------------------------------------------------------
 
@@ -369,7 +371,7 @@ class SessionService:
             raise TransientSessionError(str(detail))
 
     async def _read_loop(self, conn: Connection) -> None:
-        with contextlib.suppress(ConnectionClosed):  # _close_detail reads why
+        with contextlib.suppress(ConnectionClosed):  # close_detail() says why
             async for message in conn.ws:
                 now = time.monotonic()
                 if isinstance(message, bytes):
@@ -443,7 +445,8 @@ class SessionService:
             case ev.FunctionCallDone():
                 await self.relay.on_call(event)
             case ev.Unknown():
-                log.info("< unknown NavTalk event %s", redact(event.type[:80]))
+                kind = redact(event.type[:80])
+                self._flood(f"unknown:{kind}", "< unknown NavTalk event %s", kind, level=20)
             case ev.BinaryFrame():
                 self._flood("binary", "< binary frame of %d bytes", event.size)
             case _:
