@@ -91,7 +91,7 @@ _ws_log.addFilter(RedactFilter())
 EMULATOR_LICENSE = "emulator-demo"  # used with the embedded emulator when NAVTALK_LICENSE is unset
 END_AFTER_SPEECH_MAX_S = 15.0  # wait at most this long for the speaker to go idle
 END_AFTER_SPEECH_GRACE_S = 0.3  # audio still on its way to the speaker after audio.done
-MAX_FRAME_BYTES = 16 * 1024 * 1024
+MAX_FRAME_BYTES = 4 * 1024 * 1024  # a bigger server frame closes the socket (1009)
 
 
 # --- entry points for the CLI and the runtime ---------------------------------------------------
@@ -312,6 +312,9 @@ class SessionService:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.cfg.catalog_wait_ms / 1000):
                     await self.relay.catalog_event.wait()
+        replay: list[str] = []
+        if self.history is not None and self.cfg.history_replay_count > 0:
+            replay = await self.history.replay(self.cfg.history_replay_count, wall_s=time.time())
         connection_id = uuid.uuid4().hex[:12]
         self.link.opening(connection_id)
         self.relay.new_connection()
@@ -333,7 +336,7 @@ class SessionService:
                 if classify(exc) is FailureKind.TRANSIENT
                 else PermanentSessionError(f"connection refused: {redact(str(exc))}")
             ) from None
-        conn = Connection(ws, proto, connection_id)
+        conn = Connection(ws, proto, connection_id, replay=replay)
         self._conn = conn
         loop = asyncio.get_running_loop()
         self.link.opened(loop.time())
@@ -460,14 +463,9 @@ class SessionService:
         if self.cfg.send_session_update:
             await conn.send(conn.proto.session_update(self.tools.declarations()))
         await self.relay.send_held(conn)  # outputs of calls that came before session.created
-        if self.history is None or not self.cfg.history_enabled:
-            return
-        texts = await self.history.replay(self.cfg.history_replay_count, wall_s=time.time())
-        if texts:
-            log.info("> replaying %d user message(s) of history", len(texts))
-        for text in texts:
-            if self._conn is not conn or not conn.proto.can_send_items:
-                return
+        if conn.replay:  # read before connecting: no disk on this path
+            log.info("> replaying %d user message(s) of history", len(conn.replay))
+        for text in conn.replay:
             await conn.send(conn.proto.history_item(text))
 
     async def _on_catalog(self, msg: ToolCatalog, sender: str) -> None:

@@ -575,3 +575,22 @@ async def test_oversized_bus_messages_are_not_forwarded(
         await h.wait(lambda: any("small" in json.dumps(f) for _, f in h.frames))
     assert max(len(json.dumps(f)) for _, f in h.frames) < 100_000
     assert not h.sent("realtime.input_audio_buffer.append")
+
+
+async def test_a_huge_server_frame_closes_the_socket_not_the_memory(
+    server: Any, bus_settings: BusSettings, tmp_path: Path, rec: Recorder, caplog: Any
+) -> None:
+    async def huge(h: Hostile, ws: ServerConnection, n: int) -> None:
+        await handshake(ws)
+        if n == 0:
+            await send(ws, "vendor.blob", blob="b" * (6 * 1024 * 1024))
+        await hold_open(ws)
+
+    h = await server(huge)
+    settings = settings_for(bus_settings, h.url, tmp_path)
+    async with running_service("session", session_service.run, settings, license=LICENSE):
+        lost = await rec.wait_for(is_state(SessionPhase.CLOSED))
+        await h.wait(lambda: h.connections >= 2)  # and it reconnects
+    assert isinstance(lost.msg, SessionState)
+    assert "closed by this client with code 1009" in lost.msg.detail
+    assert not any(isinstance(d.msg, OtherEvent) and d.msg.type == "vendor.blob" for d in rec.seen)

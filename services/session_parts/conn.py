@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection
 
@@ -30,6 +30,7 @@ class Connection:
     ended_by_us: bool = False
     failure: BaseException | None = None
     handshake: asyncio.Timeout | None = None  # the handshake deadline's scope
+    replay: list[str] = field(default_factory=list)  # user turns to replay at session.created
 
     async def send(self, *frames: str) -> None:
         for frame in frames:
@@ -38,7 +39,13 @@ class Connection:
 
 def close_detail(ws: ClientConnection, ended_by_us: bool) -> str:
     """Why the socket closed, in words: who closed it, the close code and its reason."""
-    rcvd = ws.protocol.close_rcvd
+    proto = ws.protocol
+    rcvd, sent = proto.close_rcvd, proto.close_sent
+    we_first = rcvd is None or proto.close_rcvd_then_sent is False
+    if sent is not None and we_first and not ended_by_us:
+        # we closed first without meaning to end: a protocol error (e.g. 1009, too big)
+        tail = f", {redact(sent.reason)[:120]!r}" if sent.reason else ""
+        return f"closed by this client with code {sent.code}{tail}"
     if rcvd is None:
         if ended_by_us:
             return "closed by us"
