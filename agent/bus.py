@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 INTERNAL_PREFIX = "_"  # bus-internal topics (probes, latch requests and replies); no service's
 PROBE_PREFIX = "_probe."  # bus-internal topic used by Bus.start() to know it is connected
 MAX_SEQ_KEYS = 4096  # (sender, topic) pairs whose sequence numbers are followed
+MAX_RECENT = 1024  # control messages remembered to drop a latched re-send of one we have
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class Bus:
         self._sub: dict[topics.Plane, zmq.asyncio.Socket] = {}
         self._seq: dict[str, int] = collections.defaultdict(int)
         self._last_seen: dict[tuple[str, str], int] = {}
+        self._recent: dict[tuple[str, str, int, int], None] = {}  # see MAX_RECENT
         self._control: collections.deque[Delivery] = collections.deque(maxlen=control_queue)
         self._media: collections.deque[Delivery] = collections.deque(maxlen=media_queue)
         self._wakeup = asyncio.Event()
@@ -434,7 +436,16 @@ class Bus:
             why = f"{type(env.msg).__name__} (topic carries {spec.type.__name__})"
             self._dropped(topic, env.sender[:40], why)
             return None
-        if not replayed:  # a re-sent latched message is an old one: no gap bookkeeping
+        copy = (env.sender, topic, env.seq, env.mono_ns)
+        if replayed:
+            if copy in self._recent:  # got it live already (it always comes first): once is enough
+                self.stats.replay_duplicates += 1
+                return None
+        else:  # a re-sent latched message is an old one: no gap bookkeeping
+            if spec.plane is topics.Plane.CONTROL:
+                self._recent[copy] = None
+                if len(self._recent) > MAX_RECENT:
+                    del self._recent[next(iter(self._recent))]
             key = (env.sender, topic)
             last = self._last_seen.pop(key, None)  # re-inserted: the dict stays in LRU order
             if last is not None and env.seq > last + 1:
