@@ -194,6 +194,7 @@ class SdpMessage(Message, frozen=True, kw_only=True, tag=True):
     sdp_type: Literal["offer", "answer"]
     sdp: str
     ice_servers: list[IceServer] = []  # filled by the session on remote offers
+    connection_id: str = ""  # the session's NavTalk connection this belongs to (new per connect)
 
 
 class IceCandidate(Message, frozen=True, kw_only=True, tag=True):
@@ -202,6 +203,7 @@ class IceCandidate(Message, frozen=True, kw_only=True, tag=True):
     candidate: str
     sdp_mid: str | None = None
     sdp_mline_index: int | None = None
+    connection_id: str = ""  # as in SdpMessage: copied by the display into its candidates
 
 
 # --- tools -----------------------------------------------------------------------------------

@@ -1,27 +1,30 @@
 """The session service: the NavTalk WebSocket, the conversation history and the session policy.
 
-A thin asyncio shell around :class:`agent.navtalk.protocol.NavTalkProtocol`::
+A thin asyncio shell; the decisions live in sans-I/O cores of :mod:`agent.navtalk`::
 
-    bus ─ audio.mic, mic.preroll ───────────▶ backlog ─▶ realtime.input_audio_buffer.append
-    bus ─ tool.catalog ─────────────────────▶ realtime.input_function_call (on socket open)
-    bus ─ tool.result ──▶ PendingCalls ─────▶ function_call_output + response.create
-    bus ─ webrtc.local.*, input.*, control.session ─▶ signaling, text/image turns, start/end
-    NavTalk events ─▶ navtalk.*, webrtc.remote.*, tool.call, control.barge_in, session.state
+    bus ─ audio.mic, mic.preroll ──▶ AudioBacklog ──▶ realtime.input_audio_buffer.append
+    bus ─ tool.catalog (tools only) ──▶ ToolCalls ──▶ realtime.input_function_call (once per
+                                                      connection, again on a change)
+    bus ─ tool.result ──▶ ToolCalls.pending ──▶ function_call_output + response.create
+    bus ─ webrtc.local.*, input.*, control.session ─▶ check_local ─▶ signaling, turns, start/end
+    NavTalk frames ─▶ NavTalkProtocol ─▶ events ─▶ bridge.to_bus ─▶ navtalk.*, webrtc.remote.*
+    connection ends ─▶ Link (handshake deadline, backoff, attempts) ─▶ retry / give up / idle
 
-Policy decided here (the core only enforces the protocol's order):
+Policy decided here (the cores enforce the protocol and the limits):
 
-- Mic audio is streamed only while READY (after ``realtime.session.updated``). While a
-  session is wanted but not ready, frames wait in a bounded backlog (oldest dropped),
-  preceded by the mic's pre-roll, and are flushed once READY.
-- History: the last N user turns are replayed right after ``realtime.session.created``.
-- Tool calls: one ``tool.call`` per function call; a call with no ``tool.result`` within its
-  timeout gets an explicit error output (and an error ``tool.result`` on the bus).
-- Reconnect with exponential backoff and jitter after transient failures only
-  (:mod:`agent.backoff`); a rejected license or no balance stops until ``control.session
-  start``.
+- Mic audio is streamed only while READY (after ``realtime.session.updated``); before, it
+  waits in a bounded backlog behind the mic's pre-roll and is flushed once READY.
+- History: the last N user turns are replayed right after ``realtime.session.created``;
+  SQLite runs in a thread of its own (:class:`agent.navtalk.history.HistoryThread`).
+- Tool calls: one ``tool.call`` per function call, each call_id answered exactly once
+  (early ones are held until ``realtime.session.created``); the session's deadline is a
+  safety net behind the tools process's own timeout.
+- Signaling: the server's offer and candidates are published latched with the
+  connection's id and unlatched once answered or when the connection ends; local
+  signaling of another connection is dropped.
 
-The license never reaches a log line, a bus message or an error: it is registered with
-:func:`agent.navtalk.url.redact`, and every text that could hold it goes through redact.
+The license never reaches a log line, a bus message, SQLite or an error: it is registered
+with :func:`agent.navtalk.url.redact`, and the protocol core redacts every server frame.
 """
 
 from __future__ import annotations
@@ -29,71 +32,54 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import random
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from agent import topics
-from agent.backoff import FailureKind, backoff, classify, classify_server_message
+from agent.backoff import FailureKind, classify
 from agent.bus import Bus, Delivery
 from agent.config import Settings
 from agent.errors import (
     ConfigError,
-    ErrorCategory,
     PermanentSessionError,
     ProtocolError,
     TransientSessionError,
 )
 from agent.messages import (
-    AssistantTranscript,
     AudioFrame,
-    BargeIn,
-    ConnectionEvent,
-    ConnectionStatus,
-    ErrorInfo,
-    FunctionCall,
     Heartbeat,
     IceCandidate,
-    IceServer,
     ImageInput,
-    OtherEvent,
     PreRoll,
-    PreRollRequest,
-    ResponseDone,
     SdpMessage,
-    ServerSpeech,
     SessionControl,
     SessionPhase,
     SessionState,
     SpeakerState,
     TextInput,
-    ToolCall,
     ToolCatalog,
     ToolDescribe,
     ToolResult,
-    ToolSpec,
-    UserTranscript,
 )
 from agent.navtalk import events as ev
-from agent.navtalk.history import ConversationStore, Role
-from agent.navtalk.pending import Completion, PendingCalls, error_output
-from agent.navtalk.protocol import (
-    AUDIO_SAMPLE_RATE_HZ,
-    NavTalkProtocol,
-    SessionStatus,
-    ToolDeclaration,
-)
+from agent.navtalk.bridge import Publish, check_local, failure_of, ice_servers, to_bus
+from agent.navtalk.burst import BurstLog
+from agent.navtalk.calls import ToolCalls
+from agent.navtalk.history import ConversationStore, HistoryThread, Role
+from agent.navtalk.link import Link, LinkState, RetryPolicy
+from agent.navtalk.protocol import NavTalkProtocol
 from agent.navtalk.settings import read_license
 from agent.navtalk.url import RedactFilter, build_url, redact, register_secret
+from services.session_parts.audio import MicRelay
+from services.session_parts.conn import Connection, SignalingRelay, close_detail
+from services.session_parts.tools import ToolRelay
 
 __all__ = ["EMULATOR_LICENSE", "SessionService", "clear_history", "effective_url", "run"]
 
@@ -103,18 +89,9 @@ _ws_log = logging.getLogger(__name__ + ".ws")  # given to websockets (it logs th
 _ws_log.addFilter(RedactFilter())
 
 EMULATOR_LICENSE = "emulator-demo"  # used with the embedded emulator when NAVTALK_LICENSE is unset
-MAX_OTHER_JSON = 4096
 END_AFTER_SPEECH_MAX_S = 15.0  # wait at most this long for the speaker to go idle
 END_AFTER_SPEECH_GRACE_S = 0.3  # audio still on its way to the speaker after audio.done
-MAX_FRAME_BYTES = 16 * 1024 * 1024
-
-_PHASES = {
-    SessionStatus.CONNECTING: SessionPhase.CONNECTING,
-    SessionStatus.CONNECTED: SessionPhase.CONNECTED,
-    SessionStatus.CREATED: SessionPhase.CREATED,
-    SessionStatus.READY: SessionPhase.READY,
-    SessionStatus.CLOSED: SessionPhase.CLOSED,
-}
+MAX_FRAME_BYTES = 4 * 1024 * 1024  # a bigger server frame closes the socket (1009)
 
 
 # --- entry points for the CLI and the runtime ---------------------------------------------------
@@ -158,23 +135,13 @@ async def run(settings: Settings, bus: Bus, *, license: str | None = None) -> No
 # --- the service --------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Conn:
-    """One WebSocket connection and its protocol core."""
-
-    ws: ClientConnection
-    proto: NavTalkProtocol
-    ended_by_us: bool = False
-    failure: BaseException | None = None
-
-
 class SessionService:
     def __init__(self, settings: Settings, bus: Bus, license: str) -> None:
         if not license:
             raise ConfigError("the NavTalk license is empty (set NAVTALK_LICENSE)")
         register_secret(license)
         self.settings = settings
-        self.cfg = settings.session
+        self.cfg = c = settings.session
         self.bus = bus
         nav = settings.navtalk
         self._url = build_url(
@@ -185,39 +152,41 @@ class SessionService:
             model=nav.model,
         )
         self._safe_url = redact(self._url)
-        self.store: ConversationStore | None = None
-        self.pending = PendingCalls()
-        self.catalog: list[ToolSpec] | None = None
-        self._catalog_event = asyncio.Event()
-        self._conn: _Conn | None = None
+        self.history: HistoryThread | None = None
+        self.tools = ToolCalls(default_timeout_ms=c.tool_timeout_ms)
+        self.link = Link(RetryPolicy.from_settings(c), random.Random())
+        self._conn: Connection | None = None
         self._wanted = asyncio.Event()
-        self._wake_deadlines = asyncio.Event()
+        self._burst = BurstLog()
+        self.mic = MicRelay(
+            bus,
+            preroll_ms=c.preroll_ms,
+            backlog_ms=c.max_audio_backlog_ms,
+            current=lambda: self._conn,
+            wanted=self._wanted.is_set,
+            flood=self._flood,
+        )
+        self.relay = ToolRelay(bus, self.tools, lambda: self._conn)
+        self.signaling = SignalingRelay(bus, lambda: self._conn, self._flood)
         self._phase = SessionPhase.IDLE
         self._detail = ""
         self._retry_in_ms: int | None = None
-        self._backlog: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._backlog_bytes = 0
-        self._backlog_max = self.cfg.max_audio_backlog_ms * AUDIO_SAMPLE_RATE_HZ * 2 // 1000
-        self._preroll_id = ""
         self._end_after_speech = False
-        self._tools_pid = 0  # the tools process's pid, from its heartbeats
         self._speaker_idle = asyncio.Event()
         self._speaker_idle.set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._rng = random.Random()
-        self._warned_format = False
         self.stats: collections.Counter[str] = collections.Counter()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def run(self) -> None:
         if self.cfg.history_enabled:
-            self.store = ConversationStore(
+            self.history = HistoryThread(
                 self.cfg.history_db_path,
                 max_age_s=self.cfg.history_max_age_s,
                 max_rows=self.cfg.history_max_rows,
             )
-            self.store.prune(wall_s=time.time())
+            await self.history.open(wall_s=time.time())
         log.info("= session service: NavTalk at %s", self._safe_url)
         self.bus.publish(topics.TOOL_DESCRIBE, ToolDescribe())
         if self.cfg.autostart:
@@ -227,8 +196,12 @@ class SessionService:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._bus_loop(), name="session-bus")
                 tg.create_task(self._connection_loop(), name="session-conn")
-                tg.create_task(self._deadline_loop(), name="session-deadlines")
+                tg.create_task(self.relay.deadline_loop(), name="session-deadlines")
                 tg.create_task(self._state_loop(), name="session-state")
+        except* Exception as group:  # a loop died: say so, then let the process end
+            for exc in group.exceptions:
+                log.error("= session loop failed: %s", redact(repr(exc)), exc_info=exc)
+            raise
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -239,8 +212,8 @@ class SessionService:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(2.0):
                         await conn.ws.close(1000, "agent stopping")
-            if self.store is not None:
-                self.store.close()
+            if self.history is not None:
+                await self.history.close()
 
     def _spawn(self, coro: Any, name: str) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
@@ -252,6 +225,22 @@ class SessionService:
                 log.error("task %s failed: %s", t.get_name(), redact(repr(t.exception())))
 
         task.add_done_callback(done)
+
+    def _publish(self, p: Publish) -> None:
+        if p.latch:
+            self.bus.publish(p.topic, p.msg, *p.payload, latch=p.latch)
+        else:
+            self.bus.publish(p.topic, p.msg, *p.payload)
+
+    def _flood(
+        self, key: str, fmt: str, *args: object, exc_info: bool = False, level: int = 30
+    ) -> None:
+        """Log ``fmt % args`` once per burst of ``key`` (the rest are counted)."""
+        suppressed = self._burst.admit(key, time.monotonic())
+        if suppressed is None:
+            return
+        more = f" (+{suppressed} more since the last line)" if suppressed else ""
+        log.log(level, fmt + "%s", *args, more, exc_info=exc_info)
 
     # --- session.state -----------------------------------------------------------------------
 
@@ -268,7 +257,7 @@ class SessionService:
                 phase=phase,
                 detail=self._detail,
                 session_id=(proto.session_id or None) if proto else None,
-                ice_servers=_ice(proto.ice_servers) if proto else [],
+                ice_servers=ice_servers(proto.ice_servers) if proto else [],
                 retry_in_ms=self._retry_in_ms,
             ),
         )
@@ -280,68 +269,58 @@ class SessionService:
 
     # --- connection policy -------------------------------------------------------------------
 
-    def _new_backoff(self) -> Iterator[float]:
-        c = self.cfg
-        return backoff(
-            initial_s=c.reconnect_initial_s,
-            max_s=max(c.reconnect_max_s, c.reconnect_initial_s),
-            factor=c.reconnect_factor,
-            jitter=c.reconnect_jitter,
-            rng=self._rng,
-        )
-
     async def _connection_loop(self) -> None:
-        delays = self._new_backoff()
-        failures = 0
         while True:
             await self._wanted.wait()
             self._retry_in_ms = None
-            reached_connected = False
+            error: BaseException | None = None
             try:
-                reached_connected = await self._one_session()
-                kind: FailureKind | None = None
-                error: BaseException | None = None
-            except (PermanentSessionError, TransientSessionError, ProtocolError, OSError) as exc:
-                error, kind = exc, classify(exc)
-            except Exception as exc:  # websockets handshake errors and the like
-                error, kind = exc, classify(exc)
-            self._fail_pending("the NavTalk session ended")
-            if kind is None:  # we ended it on purpose
+                await self._one_session()
+            except Exception as exc:  # classified below; websockets handshake errors included
+                error = exc
+            self.relay.fail_pending("the NavTalk session ended")
+            outcome = self.link.ended(None if error is None else classify(error))
+            if outcome.state is LinkState.IDLE:  # we ended it on purpose
                 self._publish_state(SessionPhase.IDLE, "session ended")
                 continue
-            assert error is not None
             reason = redact(str(error) or type(error).__name__)
-            if reached_connected:
-                delays, failures = self._new_backoff(), 0
-            failures += 1
-            give_up = (
-                kind is FailureKind.PERMANENT
-                or not self.cfg.reconnect
-                or (0 < self.cfg.reconnect_max_attempts <= failures)
-            )
-            if give_up:
+            if outcome.state is LinkState.FAILED:
                 self._wanted.clear()
-                log.error("= NavTalk session failed, not retrying: %s", reason)
+                log.error(
+                    "= NavTalk session failed after %d attempt(s), not retrying: %s",
+                    outcome.failures,
+                    reason,
+                )
                 self._publish_state(SessionPhase.FAILED, reason)
-                delays, failures = self._new_backoff(), 0
                 continue
-            delay = next(delays)
+            delay = outcome.retry_in_s or 0.0
             self._retry_in_ms = int(delay * 1000)
-            log.warning("= NavTalk session lost (%s); reconnecting in %.2f s", reason, delay)
+            log.warning(
+                "= NavTalk session lost (%s); reconnecting in %.2f s (failure %d%s)",
+                reason,
+                delay,
+                outcome.failures,
+                ", after a healthy session" if outcome.healthy else "",
+            )
             self._publish_state(SessionPhase.CLOSED, reason)
             await asyncio.sleep(delay)
 
-    async def _one_session(self) -> bool:
-        """Connect and run one session. Returns whether it reached CONNECTED when we ended it;
-        raises on any failure (classified by the caller)."""
-        self._request_preroll()
-        if self.catalog is None and self.cfg.declare_tools and self.cfg.catalog_wait_ms > 0:
+    async def _one_session(self) -> None:
+        """Connect and run one session; returns when we ended it, raises on any failure."""
+        self.mic.request_preroll()
+        if self.tools.catalog is None and self.cfg.declare_tools and self.cfg.catalog_wait_ms > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.cfg.catalog_wait_ms / 1000):
-                    await self._catalog_event.wait()
+                    await self.relay.catalog_event.wait()
+        replay: list[str] = []
+        if self.history is not None and self.cfg.history_replay_count > 0:
+            replay = await self.history.replay(self.cfg.history_replay_count, wall_s=time.time())
+        connection_id = uuid.uuid4().hex[:12]
+        self.link.opening(connection_id)
+        self.relay.new_connection()
         proto = NavTalkProtocol()
         self._publish_state(SessionPhase.CONNECTING, "")
-        log.info("> connecting to %s", self._safe_url)
+        log.info("> connecting to %s (connection %s)", self._safe_url, connection_id)
         try:
             ws = await connect(
                 self._url,
@@ -357,29 +336,45 @@ class SessionService:
                 if classify(exc) is FailureKind.TRANSIENT
                 else PermanentSessionError(f"connection refused: {redact(str(exc))}")
             ) from None
-        conn = _Conn(ws, proto)
+        conn = Connection(ws, proto, connection_id, replay=replay)
         self._conn = conn
+        loop = asyncio.get_running_loop()
+        self.link.opened(loop.time())
         try:
-            if self.cfg.declare_tools and self.catalog is not None:
-                await self._declare_tools(conn)  # [sdk]: right after open, before any event
-            await self._read_loop(conn)
+            try:
+                async with asyncio.timeout_at(self.link.deadline) as scope:
+                    conn.handshake = scope
+                    if self.cfg.declare_tools:
+                        await self.relay.declare(conn)  # [sdk]: right after open
+                    await self._read_loop(conn)
+            except TimeoutError:
+                if not self.link.handshake_expired(loop.time()):
+                    raise
+                why = (
+                    f"no realtime.session.created {self.cfg.handshake_timeout_s:g} s after the"
+                    f" socket opened (NavTalk state {proto.state.value})"
+                )
+                log.warning("= NavTalk handshake timed out: %s", why)
+                conn.failure = TransientSessionError(f"handshake timed out: {why}")
         finally:
             self._conn = None
             proto.connection_lost(time.monotonic())
+            self.signaling.unlatch()
             # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancellation that
             # lands as the close completes (the agent stopping just as the server hangs up),
             # and this loop would then reconnect instead of stopping.
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2.0):
                     await ws.close()
+        detail = conn.failure or close_detail(ws, conn.ended_by_us)
+        log.info("= NavTalk connection %s ended: %s", connection_id, redact(str(detail)))
         if conn.failure is not None:
             raise conn.failure
         if not conn.ended_by_us:
-            raise TransientSessionError("the connection dropped")
-        return proto.session_id != ""
+            raise TransientSessionError(str(detail))
 
-    async def _read_loop(self, conn: _Conn) -> None:
-        try:
+    async def _read_loop(self, conn: Connection) -> None:
+        with contextlib.suppress(ConnectionClosed):  # close_detail() says why
             async for message in conn.ws:
                 now = time.monotonic()
                 if isinstance(message, bytes):
@@ -391,23 +386,15 @@ class SessionService:
                         await self._on_event(conn, event)
                     except ConnectionClosed:
                         raise
-                    except Exception:  # never die on one bad event
-                        log.exception("handling %s failed", type(event).__name__)
+                    except Exception:  # never die on one bad event; log a flood once
+                        self._flood(
+                            f"event:{type(event).__name__}",
+                            "handling %s failed",
+                            type(event).__name__,
+                            exc_info=True,
+                        )
                 if conn.failure is not None or conn.ended_by_us:
                     return
-        except ConnectionClosed as exc:
-            if conn.failure is None and not conn.ended_by_us:
-                if exc.rcvd is None:
-                    detail = "connection dropped (no close frame)"
-                else:
-                    reason = redact(exc.rcvd.reason)
-                    detail = f"closed by the server (code {exc.rcvd.code}"
-                    detail += f", {reason})" if reason else ")"
-                conn.failure = TransientSessionError(detail)
-
-    async def _send(self, conn: _Conn, *frames: str) -> None:
-        for frame in frames:
-            await conn.ws.send(frame)
 
     async def end_session(self, reason: str) -> None:
         """Close the current session on purpose (no reconnect)."""
@@ -425,335 +412,65 @@ class SessionService:
 
     # --- server events -------------------------------------------------------------------------
 
-    async def _on_event(self, conn: _Conn, event: ev.Event) -> None:
+    async def _on_event(self, conn: Connection, event: ev.Event) -> None:
         proto = conn.proto
         self.stats[type(event).__name__] += 1
-        pub = self.bus.publish
+        outs = to_bus(
+            event,
+            connection_id=conn.connection_id,
+            ice=proto.ice_servers,
+            now_ns=time.monotonic_ns(),
+        )
+        for out in outs:
+            self._publish(out)
+        failure = failure_of(event, ended_by_us=conn.ended_by_us)
+        if failure is not None:
+            conn.failure = failure
         match event:
             case ev.ConnectedSuccess():
-                pub(
-                    topics.NAVTALK_CONNECTION,
-                    ConnectionEvent(
-                        status=ConnectionStatus.SUCCESS,
-                        session_id=event.session_id,
-                        ice_servers=_ice(event.ice_servers),
-                    ),
-                )
                 self._publish_state(SessionPhase.CONNECTED, "")
-            case ev.ConnectedFail():
-                msg = redact(event.message) or "the server refused the connection"
-                pub(
-                    topics.NAVTALK_CONNECTION,
-                    ConnectionEvent(status=ConnectionStatus.FAIL, message=msg),
-                )
-                log.error("< NavTalk refused the session: %s (check the license)", msg)
-                conn.failure = PermanentSessionError(f"connection failed: {msg}")
-            case ev.InsufficientBalance():
-                msg = redact(event.message) or "insufficient balance"
-                pub(
-                    topics.NAVTALK_CONNECTION,
-                    ConnectionEvent(status=ConnectionStatus.INSUFFICIENT_BALANCE, message=msg),
-                )
-                log.error("< NavTalk stopped the service: insufficient balance (%s)", msg)
-                conn.failure = PermanentSessionError(f"insufficient balance: {msg}")
-            case ev.ConnectedClose():
-                msg = redact(event.message)
-                pub(
-                    topics.NAVTALK_CONNECTION,
-                    ConnectionEvent(status=ConnectionStatus.CLOSE, message=msg),
-                )
-                log.warning("< NavTalk closed the session: %s", msg or "(no reason)")
-                if not conn.ended_by_us:
-                    cls = (
-                        PermanentSessionError
-                        if classify_server_message(msg) is FailureKind.PERMANENT
-                        else TransientSessionError
-                    )
-                    conn.failure = cls(f"closed by the server: {msg or 'no reason'}")
-            case ev.ConnectedWarning():
-                msg = redact(event.message)
-                pub(
-                    topics.NAVTALK_CONNECTION,
-                    ConnectionEvent(
-                        status=ConnectionStatus.WARNING, message=msg, avatar_id=event.avatar_id
-                    ),
-                )
-                log.warning("< NavTalk warning: %s (avatar %s)", msg, event.avatar_id or "?")
             case ev.SessionCreated():
-                self._other(event.TYPE)
+                self.link.session_created()
+                if conn.handshake is not None:
+                    conn.handshake.reschedule(None)
                 self._publish_state(SessionPhase.CREATED, "")
                 await self._on_created(conn)
             case ev.SessionUpdated():
-                self._other(event.TYPE)
                 self._publish_state(SessionPhase.READY, "")
-                await self._flush_backlog(conn)
-            case ev.SpeechStarted():
-                now_ns = time.monotonic_ns()
-                pub(topics.NAVTALK_SPEECH, ServerSpeech(started=True))
-                pub(topics.CONTROL_BARGE_IN, BargeIn(reason="speech_started", at_mono_ns=now_ns))
-            case ev.SpeechStopped():
-                pub(topics.NAVTALK_SPEECH, ServerSpeech(started=False))
+                await self.mic.flush(conn)
             case ev.InputTranscriptionCompleted():
-                pub(
-                    topics.NAVTALK_TRANSCRIPT_USER,
-                    UserTranscript(text=event.content, item_id=event.item_id),
-                )
                 self._remember(Role.USER, event.content, proto.session_id)
-            case ev.TranscriptDelta():
-                pub(
-                    topics.NAVTALK_TRANSCRIPT_ASSISTANT,
-                    AssistantTranscript(response_id=event.response_id, text=event.content),
-                )
             case ev.TranscriptDone():
-                pub(
-                    topics.NAVTALK_TRANSCRIPT_ASSISTANT,
-                    AssistantTranscript(
-                        response_id=event.response_id, text=event.content, final=True
-                    ),
-                )
                 self._remember(Role.ASSISTANT, event.content, proto.session_id)
-            case ev.AudioDelta():
-                if self.cfg.audio_only:
-                    pub(
-                        topics.NAVTALK_AUDIO_DELTA,
-                        AudioFrame(
-                            sample_rate_hz=AUDIO_SAMPLE_RATE_HZ,
-                            capture_mono_ns=time.monotonic_ns(),
-                            stream_id=event.response_id,
-                        ),
-                        event.pcm,
-                    )
-            case ev.AudioDone():
-                pub(topics.NAVTALK_AUDIO_DONE, ResponseDone(response_id=event.response_id))
-                if self._end_after_speech:
-                    self._end_after_speech = False
-                    self._spawn(self._end_when_quiet(), "session-end-after-speech")
-            case ev.FunctionCallArgumentsDelta():
-                self._other(event.TYPE, json.dumps({"call_id": event.call_id}))
+            case ev.AudioDone() if self._end_after_speech:
+                self._end_after_speech = False
+                self._spawn(self._end_when_quiet(), "session-end-after-speech")
             case ev.FunctionCallDone():
-                await self._on_function_call(conn, event)
-            case ev.RtcOffer():
-                pub(
-                    topics.WEBRTC_REMOTE_OFFER,
-                    SdpMessage(
-                        sdp_type="offer", sdp=event.sdp, ice_servers=_ice(proto.ice_servers)
-                    ),
-                )
-            case ev.RtcAnswer():
-                pub(topics.WEBRTC_REMOTE_ANSWER, SdpMessage(sdp_type="answer", sdp=event.sdp))
-            case ev.RtcIceCandidate():
-                pub(
-                    topics.WEBRTC_REMOTE_ICE,
-                    IceCandidate(
-                        candidate=event.candidate,
-                        sdp_mid=event.sdp_mid,
-                        sdp_mline_index=event.sdp_mline_index,
-                    ),
-                )
+                await self.relay.on_call(event)
             case ev.Unknown():
-                log.info("< unknown NavTalk event %s", event.type)
-                self._other(event.type, json.dumps(event.frame), known=False)
-            case ev.Malformed():
-                self._other(event.type or "(malformed)", "{}", known=False, error=event.reason)
+                kind = redact(event.type[:80])
+                self._flood(f"unknown:{kind}", "< unknown NavTalk event %s", kind, level=20)
             case ev.BinaryFrame():
-                log.info("< binary frame of %d bytes", event.size)
-                self._other("(binary)", json.dumps({"size": event.size}))
+                self._flood("binary", "< binary frame of %d bytes", event.size)
             case _:
-                self._other(event.TYPE)
-
-    def _other(
-        self, type_: str, data_json: str = "{}", *, known: bool = True, error: str = ""
-    ) -> None:
-        self.bus.publish(
-            topics.NAVTALK_OTHER,
-            OtherEvent(
-                type=type_,
-                data_json=redact(data_json)[:MAX_OTHER_JSON],
-                known=known,
-                error=redact(error),
-            ),
-        )
+                pass
 
     def _remember(self, role: Role, text: str, session_id: str) -> None:
-        if self.store is not None and text.strip():
-            try:
-                self.store.add(role, text, wall_s=time.time(), session_id=session_id)
-            except Exception:  # the disk must not end the conversation
-                log.exception("history: could not store a %s turn", role.value)
+        if self.history is not None and text.strip():
+            self.history.add(role, redact(text), wall_s=time.time(), session_id=session_id)
 
-    async def _on_created(self, conn: _Conn) -> None:
+    async def _on_created(self, conn: Connection) -> None:
         if self.cfg.send_session_update:
-            await self._send(conn, conn.proto.session_update(self._declarations()))
-        if self.store is None or not self.cfg.history_enabled:
-            return
-        self.store.prune(wall_s=time.time())
-        texts = self.store.last_user_messages(self.cfg.history_replay_count)
-        if texts:
-            log.info("> replaying %d user message(s) of history", len(texts))
-        for text in texts:
-            await self._send(conn, conn.proto.history_item(text))
+            await conn.send(conn.proto.session_update(self.tools.declarations()))
+        await self.relay.send_held(conn)  # outputs of calls that came before session.created
+        if conn.replay:  # read before connecting: no disk on this path
+            log.info("> replaying %d user message(s) of history", len(conn.replay))
+        for text in conn.replay:
+            await conn.send(conn.proto.history_item(text))
 
-    # --- audio -----------------------------------------------------------------------------------
-
-    def _request_preroll(self) -> None:
-        if self.cfg.preroll_ms <= 0:
-            return
-        self._preroll_id = uuid.uuid4().hex[:12]
-        self.bus.publish(
-            topics.MIC_PREROLL_REQUEST,
-            PreRollRequest(request_id=self._preroll_id, duration_ms=self.cfg.preroll_ms),
-        )
-
-    def _buffer(self, capture_ns: int, pcm: bytes) -> None:
-        self._backlog.append((capture_ns, pcm))
-        self._backlog_bytes += len(pcm)
-        while self._backlog_bytes > self._backlog_max and self._backlog:
-            _, old = self._backlog.popleft()
-            self._backlog_bytes -= len(old)
-            self.stats["backlog_dropped"] += 1
-
-    async def _flush_backlog(self, conn: _Conn) -> None:
-        if not self._backlog:
-            return
-        pcm = b"".join(p for _, p in self._backlog)
-        self._backlog.clear()
-        self._backlog_bytes = 0
-        log.info("> sending %d ms of buffered audio", len(pcm) * 1000 // (AUDIO_SAMPLE_RATE_HZ * 2))
-        await self._send(conn, *conn.proto.audio_append(pcm))
-
-    async def _on_mic(self, frame: AudioFrame, payload: list[bytes]) -> None:
-        if not payload:
-            return
-        if frame.sample_rate_hz != AUDIO_SAMPLE_RATE_HZ or frame.channels != 1:
-            if not self._warned_format:
-                self._warned_format = True
-                log.warning(
-                    "< audio.mic is %d Hz x%d; NavTalk needs 24000 Hz mono: dropped",
-                    frame.sample_rate_hz,
-                    frame.channels,
-                )
-            return
-        pcm = payload[0]
-        conn = self._conn
-        if conn is not None and conn.proto.can_send_audio:
-            await self._send(conn, *conn.proto.audio_append(pcm))
-            self.stats["audio_frames_sent"] += 1
-        elif self._wanted.is_set():
-            self._buffer(frame.capture_mono_ns, bytes(pcm))
-
-    def _on_preroll(self, msg: PreRoll, payload: list[bytes]) -> None:
-        if msg.request_id != self._preroll_id or not payload:
-            return
-        if msg.sample_rate_hz != AUDIO_SAMPLE_RATE_HZ:
-            log.warning("< pre-roll at %d Hz ignored", msg.sample_rate_hz)
-            return
-        conn = self._conn
-        if conn is not None and conn.proto.can_send_audio:
-            return  # too late: live audio is already flowing
-        # Frames captured before the pre-roll's end are in the pre-roll already.
-        kept = [(t, p) for t, p in self._backlog if t >= msg.end_mono_ns]
-        self._backlog.clear()
-        self._backlog_bytes = 0
-        self._buffer(msg.end_mono_ns, bytes(payload[0]))
-        for t, p in kept:
-            self._buffer(t, p)
-
-    # --- tools ---------------------------------------------------------------------------------
-
-    def _declarations(self) -> list[ToolDeclaration]:
-        out = []
-        for spec in self.catalog or []:
-            try:
-                params = json.loads(spec.parameters_json or "{}")
-            except ValueError:
-                log.warning("= tool %s has invalid parameters JSON; not declared", spec.name)
-                continue
-            out.append(ToolDeclaration(spec.name, spec.description, params if params else {}))
-        return out
-
-    async def _declare_tools(self, conn: _Conn) -> None:
-        decls = self._declarations()
-        log.info("> declaring %d tool(s): %s", len(decls), ", ".join(d.name for d in decls))
-        await self._send(conn, conn.proto.declare_tools(decls))
-
-    async def _on_function_call(self, conn: _Conn, event: ev.FunctionCallDone) -> None:
-        args = event.arguments or "{}"
-        self.bus.publish(
-            topics.NAVTALK_FUNCTION_CALL,
-            FunctionCall(call_id=event.call_id, name=event.name, arguments_json=args),
-        )
-        spec = next((t for t in self.catalog or [] if t.name == event.name), None)
-        if self.catalog is not None and spec is None:
-            log.warning("< the model called %s, which is not in the catalog", event.name)
-            output = error_output(ErrorCategory.UNKNOWN_TOOL, f"no tool named {event.name!r}")
-            result = ToolResult(
-                call_id=event.call_id,
-                name=event.name,
-                ok=False,
-                error=ErrorInfo(
-                    category=ErrorCategory.UNKNOWN_TOOL, message=f"no tool {event.name}"
-                ),
-            )
-            self.bus.publish(topics.TOOL_RESULT, result)
-            await self._send(conn, *conn.proto.function_call_output(event.call_id, output))
-            return
-        timeout_ms = spec.timeout_ms if spec is not None else self.cfg.tool_timeout_ms
-        self.pending.add(
-            event.call_id, event.name, args, now=time.monotonic(), timeout_s=timeout_ms / 1000
-        )
-        self._wake_deadlines.set()
-        log.info("> tool.call %s %s", event.call_id, event.name)
-        self.bus.publish(
-            topics.TOOL_CALL,
-            ToolCall(
-                call_id=event.call_id, name=event.name, arguments_json=args, timeout_ms=timeout_ms
-            ),
-        )
-
-    async def _complete(self, done: Completion, *, publish: bool) -> None:
-        if publish:
-            self.bus.publish(topics.TOOL_RESULT, done.result)
-        conn = self._conn
-        if conn is None or not conn.proto.can_send_items:
-            log.warning("= tool result for %s has no session to go to", done.call.call_id)
-            return
-        log.info(
-            "> function_call_output %s (%s)", done.call.call_id, "ok" if done.result.ok else "error"
-        )
-        await self._send(conn, *conn.proto.function_call_output(done.call.call_id, done.output))
-
-    async def _deadline_loop(self) -> None:
-        while True:
-            due = self.pending.next_deadline()
-            timeout = None if due is None else max(0.0, due - time.monotonic())
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self._wake_deadlines.wait()
-            self._wake_deadlines.clear()
-            for done in self.pending.expire(time.monotonic()):
-                log.warning("= tool call %s (%s) timed out", done.call.call_id, done.call.name)
-                try:
-                    await self._complete(done, publish=True)
-                except ConnectionClosed:
-                    pass
-
-    async def _on_tools_heartbeat(self, pid: int) -> None:
-        """A tools process that died took its running calls with it, and the restarted one
-        never saw them: answer them now (with an error) rather than at their timeouts."""
-        old, self._tools_pid = self._tools_pid, pid
-        if not old or pid == old or not len(self.pending):
-            return
-        log.warning(
-            "= the tools process was replaced (pid %d -> %d): answering %d pending call(s)",
-            old, pid, len(self.pending),
-        )  # fmt: skip
-        for done in self.pending.fail_all(f"the tools process died (pid {old})"):
-            with contextlib.suppress(ConnectionClosed):
-                await self._complete(done, publish=True)
-
-    def _fail_pending(self, reason: str) -> None:
-        for done in self.pending.fail_all(reason):
-            self.bus.publish(topics.TOOL_RESULT, done.result)
+    async def _on_catalog(self, msg: ToolCatalog, sender: str) -> None:
+        if not await self.relay.on_catalog(msg, sender, declare=self.cfg.declare_tools):
+            self._flood("catalog", "< tool.catalog from %r ignored: not the tools service", sender)
 
     # --- bus -----------------------------------------------------------------------------------
 
@@ -764,70 +481,59 @@ class SessionService:
             except ConnectionClosed:
                 pass  # the reader sees it too and handles the reconnect
             except ProtocolError as exc:
-                log.warning("= dropped %s: %s", delivery.topic, exc)
+                self._flood(f"proto:{delivery.topic}", "= dropped %s: %s", delivery.topic, exc)
             except Exception:
-                log.exception("handling %s failed", delivery.topic)
+                self._flood(
+                    f"bus:{delivery.topic}", "handling %s failed", delivery.topic, exc_info=True
+                )
 
     async def _on_bus(self, d: Delivery) -> None:
         msg = d.msg
-        conn = self._conn
+        refused = check_local(msg, d.payload)
+        if refused is not None:
+            self.stats["refused_local"] += 1
+            self._flood(f"size:{d.topic}", "= %s from %s dropped: %s", d.topic, d.sender, refused)
+            return
         match msg:
             case AudioFrame() if d.topic == topics.AUDIO_MIC:
-                await self._on_mic(msg, d.payload)
+                await self.mic.on_mic(msg, d.payload)
             case PreRoll():
-                self._on_preroll(msg, d.payload)
+                self.mic.on_preroll(msg, d.payload)
             case ToolResult() if d.sender != self.bus.sender:
-                done = self.pending.resolve(msg)
-                if done is None:
-                    log.info("< tool.result for %s ignored (late or unknown)", msg.call_id)
-                else:
-                    await self._complete(done, publish=False)
+                await self.relay.on_result(msg)
             case ToolCatalog():
-                self.catalog = list(msg.tools)
-                self._catalog_event.set()
-                log.info("< tool catalog: %s", ", ".join(t.name for t in msg.tools) or "(empty)")
-                if (
-                    conn is not None
-                    and self.cfg.declare_tools
-                    and conn.proto.state is not (SessionStatus.CLOSED)
-                ):
-                    await self._declare_tools(conn)
-            case SdpMessage() if conn is not None:
-                if msg.sdp_type == "answer":
-                    await self._send(conn, conn.proto.webrtc_answer(msg.sdp))
-                else:
-                    await self._send(conn, conn.proto.webrtc_offer(msg.sdp))
-            case IceCandidate() if conn is not None:
-                await self._send(
-                    conn, conn.proto.ice_candidate(msg.candidate, msg.sdp_mid, msg.sdp_mline_index)
-                )
-            case TextInput() if conn is not None:
+                await self._on_catalog(msg, d.sender)
+            case SdpMessage():
+                await self.signaling.on_sdp(msg)
+            case IceCandidate():
+                await self.signaling.on_ice(msg)
+            case TextInput() if (conn := self._conn) is not None:
                 if msg.reply:
-                    await self._send(conn, *conn.proto.text_turn(msg.text))
+                    await conn.send(*conn.proto.text_turn(msg.text))
                 else:
-                    await self._send(conn, conn.proto.history_item(msg.text))
+                    await conn.send(conn.proto.history_item(msg.text))
                 self._remember(Role.USER, msg.text, conn.proto.session_id)
-            case ImageInput() if conn is not None and d.payload:
-                await self._send(
-                    conn,
-                    conn.proto.input_image(d.payload[0], mime_type=msg.mime_type, reply=msg.reply),
+            case ImageInput() if (conn := self._conn) is not None and d.payload:
+                image = conn.proto.input_image(
+                    d.payload[0], mime_type=msg.mime_type, reply=msg.reply
                 )
+                await conn.send(image)
             case SessionControl():
                 await self._on_control(msg)
             case Heartbeat() if msg.service == topics.TOOLS:
-                await self._on_tools_heartbeat(msg.pid)
+                await self.relay.on_tools_heartbeat(msg.pid)
             case SpeakerState():
                 if msg.playing:
                     self._speaker_idle.clear()
                 else:
                     self._speaker_idle.set()
-            case SdpMessage() | IceCandidate() | TextInput() | ImageInput():
+            case TextInput() | ImageInput():
                 log.info("= %s dropped: no NavTalk session", d.topic)
             case _:
                 pass
 
     async def _on_control(self, msg: SessionControl) -> None:
-        log.info("< control.session %s %s", msg.action, msg.reason)
+        log.info("< control.session %s %s", msg.action, redact(msg.reason))
         if msg.action == "start":
             self._wanted.set()
         elif msg.action == "end":
@@ -888,9 +594,3 @@ TOPICS = topics.ServiceTopics(
         topics.TOOL_DESCRIBE,
     ),
 )
-
-
-def _ice(servers: tuple[ev.IceServerInfo, ...]) -> list[IceServer]:
-    return [
-        IceServer(urls=list(s.urls), username=s.username, credential=s.credential) for s in servers
-    ]

@@ -40,3 +40,19 @@ def test_clear(tmp_path: Path) -> None:
         s.add(Role.ASSISTANT, "y", wall_s=1.0)
         assert s.clear() == 2
         assert s.count() == 0
+
+
+async def test_history_thread_writes_off_the_loop_in_order(tmp_path: Path) -> None:
+    import threading
+
+    from agent.navtalk.history import HistoryThread
+
+    h = HistoryThread(tmp_path / "h.sqlite3")
+    await h.open(wall_s=0.0)
+    for i in range(20):
+        h.add(Role.USER, f"turn {i}", wall_s=float(i))
+    assert await h.replay(2, wall_s=30.0) == ["turn 18", "turn 19"]
+    await h.close()
+    assert not any(t.name.startswith("history") and t.is_alive() for t in threading.enumerate())
+    with ConversationStore(tmp_path / "h.sqlite3") as store:
+        assert [t.text for t in store.turns()] == [f"turn {i}" for i in range(20)]

@@ -158,12 +158,14 @@ class FunctionCallArgumentsDelta(Event):
 @dataclass(frozen=True, slots=True)
 class FunctionCallDone(Event):
     """The model called ``name``. ``arguments`` is the JSON string (from the deltas when the
-    done event carried none)."""
+    done event carried none). ``error`` is set (and ``arguments`` empty) when the arguments
+    were over the protocol core's limits: the call must be answered with an error."""
 
     TYPE: ClassVar[str] = "realtime.response.function_call_arguments.done"
     call_id: str = ""
     name: str = ""
     arguments: str = ""
+    error: str = ""
 
 
 # --- webrtc.signaling.* -------------------------------------------------------------------

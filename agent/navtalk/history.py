@@ -8,13 +8,19 @@ passed in by the caller (no clock reads here).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["ConversationStore", "Role", "Turn"]
+__all__ = ["ConversationStore", "HistoryThread", "Role", "Turn"]
+
+_T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
@@ -117,3 +123,64 @@ class ConversationStore:
         self._db.execute("VACUUM")
         logger.info("= history cleared (%d turns)", cur.rowcount)
         return int(cur.rowcount)
+
+
+class HistoryThread:
+    """A :class:`ConversationStore` used from one worker thread of its own, so SQLite (disk
+    writes, fsync, retention) never blocks the event loop. Writes are queued in order and
+    never raise into the caller (a failing disk must not end the conversation)."""
+
+    def __init__(self, path: str | Path, *, max_age_s: float = 0.0, max_rows: int = 0) -> None:
+        self._path, self._max_age_s, self._max_rows = path, max_age_s, max_rows
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="history")
+        self._store: ConversationStore | None = None
+
+    def _run(self, fn: Callable[[ConversationStore], _T], what: str) -> _T | None:
+        if self._store is None:
+            return None
+        try:
+            return fn(self._store)
+        except Exception:
+            logger.exception("history: %s failed", what)
+            return None
+
+    async def open(self, *, wall_s: float) -> None:
+        def work() -> None:
+            self._store = ConversationStore(
+                self._path, max_age_s=self._max_age_s, max_rows=self._max_rows
+            )
+            self._store.prune(wall_s=wall_s)
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, work)
+
+    def add(self, role: Role, text: str, *, wall_s: float, session_id: str = "") -> None:
+        """Queue one turn (returns at once)."""
+
+        def work(store: ConversationStore) -> None:
+            store.add(role, text, wall_s=wall_s, session_id=session_id)
+
+        self._pool.submit(self._run, work, f"storing a {role.value} turn")
+
+    async def replay(self, n: int, *, wall_s: float) -> list[str]:
+        """Apply retention, then the last ``n`` user turns, oldest first."""
+
+        def work(store: ConversationStore) -> list[str]:
+            store.prune(wall_s=wall_s)
+            return store.last_user_messages(n)
+
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self._pool, self._run, work, "reading the history")
+        return out or []
+
+    async def close(self) -> None:
+        """Finish the queued writes and close the file."""
+
+        def work() -> None:
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._pool, work)
+        finally:
+            self._pool.shutdown(wait=True)  # the worker is idle by now: this joins at once

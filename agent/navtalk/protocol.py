@@ -19,6 +19,12 @@ before building).
   has been received (state CREATED or READY);
 - audio only once ``realtime.session.updated`` has been received (state READY);
 - nothing at all once CLOSED.
+
+Everything the server sends is untrusted: the license is redacted from each text frame
+before it is parsed (a server echoing it back must not put it on the bus or in SQLite),
+function-call argument deltas are bounded per call and in total (a call over the limit
+is reported with :attr:`events.FunctionCallDone.error` and its pieces are freed), ids,
+SDPs and candidates are bounded, and bad frames are logged once per burst.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 
 from agent.errors import ProtocolError
 from agent.navtalk import events as ev
+from agent.navtalk.burst import BurstLog
 from agent.navtalk.url import redact
 
 __all__ = [
@@ -42,6 +49,9 @@ __all__ = [
     "AUDIO_CHUNK_BYTES",
     "AUDIO_SAMPLE_RATE_HZ",
     "MAX_AUDIO_B64_CHARS",
+    "MAX_CALL_ARGS_CHARS",
+    "MAX_OPEN_CALLS",
+    "MAX_TOTAL_ARGS_CHARS",
     "NavTalkProtocol",
     "SessionStatus",
     "ToolDeclaration",
@@ -57,6 +67,13 @@ MAX_AUDIO_B64_CHARS = 4096  # [seed]: base64 split in chunks of <= 4096 characte
 # on its own (decodable alone) [wire], and holds whole 16-bit samples.
 AUDIO_CHUNK_BYTES = MAX_AUDIO_B64_CHARS // 4 * 3
 EXCERPT_CHARS = 200
+MAX_CALL_ARGS_CHARS = 64 * 1024  # one call's arguments (deltas or the done event's own)
+MAX_TOTAL_ARGS_CHARS = 256 * 1024  # the deltas held for every open call together
+MAX_OPEN_CALLS = 32  # calls with deltas but no done yet; deltas of further calls are dropped
+MAX_ID_CHARS = 256  # call_id, function name, response id
+MAX_SDP_CHARS = 256 * 1024
+MAX_CANDIDATE_CHARS = 4096
+MAX_MLINE_INDEX = 1024
 
 
 class SessionStatus(enum.Enum):
@@ -109,6 +126,14 @@ def _str(frame: Mapping[str, Any], *names: str) -> str:
     return ""
 
 
+def _id(frame: Mapping[str, Any], name: str) -> str:
+    """An id-like string field; over MAX_ID_CHARS is malformed."""
+    value = _str(frame, name)
+    if len(value) > MAX_ID_CHARS:
+        raise _Bad(f"{name} over {MAX_ID_CHARS} characters")
+    return value
+
+
 def _dumps(obj: Mapping[str, Any]) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
@@ -117,13 +142,25 @@ class _Bad(Exception):
     """Internal: the frame lacks what its type needs (becomes a Malformed event)."""
 
 
+@dataclass(slots=True)
+class _Args:
+    """The argument deltas of one open function call."""
+
+    pieces: list[str]
+    chars: int = 0
+    too_large: bool = False
+
+
 class NavTalkProtocol:
     """One NavTalk session, from socket open to close. Create a new one per connection."""
 
     def __init__(self) -> None:
         self._state = SessionStatus.CONNECTING
         self._state_since = 0.0
-        self._args: dict[str, list[str]] = {}  # function-call argument deltas, per call_id
+        self._args: dict[str, _Args] = {}  # function-call argument deltas, per call_id
+        self._args_chars = 0  # sum of every _Args.chars
+        self._burst = BurstLog()
+        self.dropped_deltas = 0  # argument deltas not kept (over a limit)
         self.session_id = ""
         self.ice_servers: tuple[ev.IceServerInfo, ...] = ()
 
@@ -137,6 +174,11 @@ class NavTalkProtocol:
     def state_since(self) -> float:
         """``now`` of the last state change."""
         return self._state_since
+
+    @property
+    def held_argument_chars(self) -> int:
+        """Characters of function-call argument deltas held now (bounded)."""
+        return self._args_chars
 
     @property
     def can_send_items(self) -> bool:
@@ -159,6 +201,7 @@ class NavTalkProtocol:
         """The socket is gone (closed by either side, or dropped)."""
         self._set_state(SessionStatus.CLOSED, now, why)
         self._args.clear()
+        self._args_chars = 0
 
     # --- receiving ----------------------------------------------------------------------------
 
@@ -168,15 +211,18 @@ class NavTalkProtocol:
 
     def receive_text(self, text: str, now: float) -> list[ev.Event]:
         """Parse one text frame into events. Never raises."""
+        text = redact(text)  # the license, echoed back, goes no further
         try:
             frame = json.loads(text)
         except (ValueError, RecursionError) as exc:
-            return [self._malformed(f"not JSON: {exc}", "", text)]
+            return [self._malformed(f"not JSON: {str(exc)[:80]}", "", text, now)]
         if not isinstance(frame, dict):
-            return [self._malformed("not a JSON object", "", text)]
+            return [self._malformed("not a JSON object", "", text, now)]
         type_ = frame.get("type")
         if not isinstance(type_, str) or not type_:
-            return [self._malformed("no type", "", text)]
+            return [self._malformed("no type", "", text, now)]
+        if len(type_) > MAX_ID_CHARS:
+            return [self._malformed("type too long", type_[:MAX_ID_CHARS], text, now)]
         cls = ev.EVENT_TYPES.get(type_)
         if cls is None:
             logger.debug("< unknown event %s", type_)
@@ -184,12 +230,15 @@ class NavTalkProtocol:
         try:
             event = self._parse(cls, frame)
         except _Bad as exc:
-            return [self._malformed(str(exc), type_, text)]
+            return [self._malformed(str(exc), type_, text, now)]
         return [self._apply(event, now)]
 
-    def _malformed(self, reason: str, type_: str, text: str) -> ev.Malformed:
+    def _malformed(self, reason: str, type_: str, text: str, now: float) -> ev.Malformed:
         excerpt = redact(text[:EXCERPT_CHARS])
-        logger.warning("< malformed frame (%s) type=%r: %s", reason, type_, excerpt)
+        suppressed = self._burst.admit(f"{type_}:{reason}", now)
+        if suppressed is not None:
+            more = f" (+{suppressed} more like it)" if suppressed else ""
+            logger.warning("< malformed frame (%s) type=%r%s: %s", reason, type_, more, excerpt)
         return ev.Malformed(reason=reason, type=type_, excerpt=excerpt)
 
     def _parse(self, cls: type[ev.Event], f: dict[str, Any]) -> ev.Event:
@@ -235,13 +284,13 @@ class NavTalkProtocol:
         if cls is ev.AudioDone:
             return ev.AudioDone(response_id=_str(f, "response_id", "id"))
         if cls is ev.FunctionCallArgumentsDelta:
-            call_id = _str(f, "call_id")
+            call_id = _id(f, "call_id")
             if not call_id:
                 raise _Bad("function_call_arguments.delta without call_id")
             return ev.FunctionCallArgumentsDelta(call_id=call_id, delta=_str(f, "delta"))
         if cls is ev.FunctionCallDone:
-            call_id = _str(f, "call_id")
-            name = _str(f, "name")
+            call_id = _id(f, "call_id")
+            name = _id(f, "name")
             if not call_id or not name:
                 raise _Bad("function_call_arguments.done without call_id or name")
             args = field(f, "arguments", "")
@@ -258,6 +307,8 @@ class NavTalkProtocol:
                 sdp = sdp.get("sdp")
             if not isinstance(sdp, str) or not sdp:
                 raise _Bad("signaling without an sdp")
+            if len(sdp) > MAX_SDP_CHARS:
+                raise _Bad(f"sdp over {MAX_SDP_CHARS} characters")
             return cls(sdp=sdp)
         if cls is ev.RtcIceCandidate:
             cand = field(f, "candidate")
@@ -269,10 +320,17 @@ class NavTalkProtocol:
                 text, mid, index = cand, field(f, "sdpMid"), field(f, "sdpMLineIndex")
             if not isinstance(text, str):
                 raise _Bad("iceCandidate without a candidate")
+            if len(text) > MAX_CANDIDATE_CHARS:
+                raise _Bad(f"candidate over {MAX_CANDIDATE_CHARS} characters")
+            good_index = (
+                isinstance(index, int)
+                and not isinstance(index, bool)
+                and 0 <= index <= MAX_MLINE_INDEX
+            )
             return ev.RtcIceCandidate(
                 candidate=text,
-                sdp_mid=mid if isinstance(mid, str) else None,
-                sdp_mline_index=index if isinstance(index, int) else None,
+                sdp_mid=mid[:MAX_ID_CHARS] if isinstance(mid, str) else None,
+                sdp_mline_index=index if good_index else None,
             )
         raise AssertionError(f"no parser for {cls.__name__}")  # pragma: no cover
 
@@ -293,14 +351,56 @@ class NavTalkProtocol:
             case ev.ConnectedFail() | ev.ConnectedClose() | ev.InsufficientBalance():
                 self._set_state(SessionStatus.CLOSED, now, event.TYPE)
             case ev.FunctionCallArgumentsDelta():
-                self._args.setdefault(event.call_id, []).append(event.delta)
+                self._add_delta(event, now)
             case ev.FunctionCallDone():
-                pieces = self._args.pop(event.call_id, [])
-                if not event.arguments.strip() and pieces:  # [hotel]: use the accumulated deltas
-                    return dataclasses.replace(event, arguments="".join(pieces))
+                acc = self._args.pop(event.call_id, None)
+                if acc is not None:
+                    self._args_chars -= acc.chars
+                if (acc is not None and acc.too_large) or len(event.arguments) > (
+                    MAX_CALL_ARGS_CHARS
+                ):
+                    return dataclasses.replace(
+                        event,
+                        arguments="",
+                        error=f"the arguments are over {MAX_CALL_ARGS_CHARS} characters",
+                    )
+                if not event.arguments.strip() and acc is not None and acc.pieces:
+                    # [hotel]: use the accumulated deltas
+                    return dataclasses.replace(event, arguments="".join(acc.pieces))
             case _:
                 pass
         return event
+
+    def _add_delta(self, event: ev.FunctionCallArgumentsDelta, now: float) -> None:
+        acc = self._args.get(event.call_id)
+        size = len(event.delta)
+        if acc is None:
+            if len(self._args) >= MAX_OPEN_CALLS:
+                self._drop_delta("too many open calls", now)
+                return
+            acc = self._args[event.call_id] = _Args([])
+        if acc.too_large:
+            self._drop_delta("call over its limit", now)
+            return
+        if acc.chars + size > MAX_CALL_ARGS_CHARS or self._args_chars + size > (
+            MAX_TOTAL_ARGS_CHARS
+        ):
+            # Free what it holds; its done event will carry an error instead of arguments.
+            acc.too_large = True
+            self._args_chars -= acc.chars
+            acc.pieces, acc.chars = [], 0
+            self._drop_delta("arguments over the limit", now)
+            return
+        acc.pieces.append(event.delta)
+        acc.chars += size
+        self._args_chars += size
+
+    def _drop_delta(self, why: str, now: float) -> None:
+        self.dropped_deltas += 1
+        suppressed = self._burst.admit(f"delta:{why}", now)
+        if suppressed is not None:
+            more = f" (+{suppressed} more)" if suppressed else ""
+            logger.warning("< function-call argument delta dropped: %s%s", why, more)
 
     # --- sending --------------------------------------------------------------------------------
 
