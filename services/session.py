@@ -393,6 +393,9 @@ class SessionService:
                             type(event).__name__,
                             exc_info=True,
                         )
+                deferred = conn.proto.deferred_frames()
+                if deferred:
+                    await conn.send(*deferred)
                 if conn.failure is not None or conn.ended_by_us:
                     return
 

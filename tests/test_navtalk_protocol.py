@@ -388,3 +388,27 @@ def test_audio_chunks_are_whole_base64_at_most_4096_chars() -> None:
     with pytest.raises(ProtocolError, match="whole samples"):
         p.audio_append(b"\x00")
     assert p.audio_append(b"") == []
+
+
+def test_response_create_waits_for_the_response_in_flight() -> None:
+    """A typed turn or a tool output during a response: the item goes at once, the one
+    response.create after the response ends (the strict emulator, like OpenAI, refuses a
+    second active response)."""
+    proto = ready_protocol()
+    feed(proto, {"type": "realtime.response.audio_transcript.delta", "data": {"content": "Hi"}})
+    sent = proto.text_turn("What time is it?")
+    assert [json.loads(f)["type"] for f in sent] == ["conversation.item.create"]
+    assert proto.function_call_output("c1", "{}")[-1].find("response.create") == -1
+    assert proto.deferred_frames() == []  # still speaking
+    feed(proto, {"type": "realtime.response.audio.done", "data": {}})
+    assert [json.loads(f)["type"] for f in proto.deferred_frames()] == ["response.create"]
+    assert proto.deferred_frames() == []  # two wishes, one response
+    # idle: at once
+    assert [json.loads(f)["type"] for f in proto.text_turn("Hello")][-1] == "response.create"
+    # a function call's response ends with its arguments.done
+    feed(proto, {"type": "realtime.response.function_call_arguments.delta",
+                 "data": {"call_id": "c2", "delta": "{"}})  # fmt: skip
+    assert len(proto.function_call_output("c1", "{}")) == 1
+    feed(proto, {"type": "realtime.response.function_call_arguments.done",
+                 "data": {"call_id": "c2", "name": "t", "arguments": "{}"}})  # fmt: skip
+    assert [json.loads(f)["type"] for f in proto.deferred_frames()] == ["response.create"]

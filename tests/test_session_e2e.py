@@ -343,13 +343,6 @@ def slow_tool(ctx: ToolContext) -> None:
 """
 
 
-@pytest.mark.xfail(
-    reason="issue 11, client bug found by the strict emulator: services/session.py declares the "
-    "tools again on every tool.catalog (ToolCatalog case, ~line 785) although the catalog did "
-    "not change, after declaring them on open (~line 364); the emulator (strict_fail) closes "
-    "each such connection with 1008 tools_declared_twice, so the call never arrives",
-    strict=False,
-)
 async def test_calls_held_by_a_dead_tools_process_are_answered_at_once(
     emulator: Emulator,
     bus_settings: BusSettings,

@@ -163,6 +163,10 @@ class NavTalkProtocol:
         self.dropped_deltas = 0  # argument deltas not kept (over a limit)
         self.session_id = ""
         self.ice_servers: tuple[ev.IceServerInfo, ...] = ()
+        # A response is in flight from its first event to its audio.done / arguments.done; a
+        # response.create asked for meanwhile waits (OpenAI refuses a second one).
+        self._responding = False
+        self._response_wanted = False
 
     # --- state --------------------------------------------------------------------------------
 
@@ -197,9 +201,24 @@ class NavTalkProtocol:
         self._state = new
         self._state_since = now
 
+    def deferred_frames(self) -> list[str]:
+        """Frames held back until now: the ``response.create`` asked for while a response was in
+        flight, once that response has ended. Call after handling each received frame."""
+        if self._response_wanted and not self._responding and self.can_send_items:
+            self._response_wanted = False
+            return [_dumps({"type": "response.create"})]
+        return []
+
+    def _response_create(self) -> list[str]:
+        if self._responding:
+            self._response_wanted = True  # several wishes, one response: it answers them all
+            return []
+        return [_dumps({"type": "response.create"})]
+
     def connection_lost(self, now: float, why: str = "socket closed") -> None:
         """The socket is gone (closed by either side, or dropped)."""
         self._set_state(SessionStatus.CLOSED, now, why)
+        self._responding = self._response_wanted = False
         self._args.clear()
         self._args_chars = 0
 
@@ -350,9 +369,15 @@ class NavTalkProtocol:
                     self._set_state(SessionStatus.READY, now, event.TYPE)
             case ev.ConnectedFail() | ev.ConnectedClose() | ev.InsufficientBalance():
                 self._set_state(SessionStatus.CLOSED, now, event.TYPE)
+            case ev.TranscriptDelta() | ev.AudioDelta() | ev.TranscriptDone():
+                self._responding = True
+            case ev.AudioDone():
+                self._responding = False
             case ev.FunctionCallArgumentsDelta():
+                self._responding = True
                 self._add_delta(event, now)
             case ev.FunctionCallDone():
+                self._responding = False
                 acc = self._args.pop(event.call_id, None)
                 if acc is not None:
                     self._args_chars -= acc.chars
@@ -445,7 +470,7 @@ class NavTalkProtocol:
     def text_turn(self, text: str) -> list[str]:
         """A typed user turn the model answers: the item, then ``response.create`` [hotel]."""
         self._require(self._ITEMS, "a text turn")
-        return [_user_item(text), _dumps({"type": "response.create"})]
+        return [_user_item(text), *self._response_create()]
 
     def input_text(self, text: str) -> str:
         """``realtime.input_text``. INFERRED payload ``{"data": {"content": T}}``: every v2
@@ -500,7 +525,7 @@ class NavTalkProtocol:
         item = {"type": "function_call_output", "call_id": call_id, "output": output}
         return [
             _dumps({"type": "conversation.item.create", "item": item}),
-            _dumps({"type": "response.create"}),
+            *self._response_create(),
         ]
 
     def webrtc_answer(self, sdp: str) -> str:
