@@ -185,6 +185,10 @@ def test_response_create_while_active_gets_an_error_event() -> None:
     b.open(0.0)
     (updated, greeting) = b.tick(1.0)
     assert isinstance(greeting, Respond) and b.response_active
+    # before any frame of the greeting is out, the client cannot know: refused, not flagged
+    out = b.receive_text(json.dumps({"type": "response.create"}), 1.1)
+    assert kinds(out) == [] and sent(out)[0]["type"] == "realtime.error"
+    b.response_started(greeting.response_id)
     out = b.receive_text(json.dumps({"type": "response.create"}), 1.2)
     assert kinds(out) == [ViolationKind.RESPONSE_WHILE_ACTIVE]
     (error,) = sent(out)

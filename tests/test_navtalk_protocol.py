@@ -412,3 +412,19 @@ def test_response_create_waits_for_the_response_in_flight() -> None:
     feed(proto, {"type": "realtime.response.function_call_arguments.done",
                  "data": {"call_id": "c2", "name": "t", "arguments": "{}"}})  # fmt: skip
     assert [json.loads(f)["type"] for f in proto.deferred_frames()] == ["response.create"]
+
+
+def test_a_refused_response_create_is_asked_again_after_the_active_response() -> None:
+    """The greeting starts as the guest types: the server refuses our response.create
+    (OpenAI's error shape, which the strict emulator mirrors); the client asks again once
+    the response it raced has ended."""
+    proto = ready_protocol()
+    assert proto.text_turn("Hello")[-1].find("response.create") > 0
+    error = {"type": "realtime.error",
+             "data": {"code": "conversation_already_has_active_response"}}  # fmt: skip
+    (unknown,) = feed(proto, error)
+    assert isinstance(unknown, ev.Unknown)
+    assert proto.deferred_frames() == []
+    feed(proto, {"type": "realtime.response.audio_transcript.delta", "data": {"content": "W"}})
+    feed(proto, {"type": "realtime.response.audio.done", "data": {}})
+    assert [json.loads(f)["type"] for f in proto.deferred_frames()] == ["response.create"]

@@ -117,6 +117,7 @@ class Brain:
         self._unanswered: list[str] = []  # user text items since the last response.create
         self._calls: dict[str, _PendingTool] = {}
         self._active: list[str] = []  # response ids queued or in flight, oldest first
+        self._seen: set[str] = set()  # active responses whose first frame the client has
         self._catalog: str | None = None  # the declared tools, canonical JSON
         self._offer_pending = False
         self._recorder = UtteranceRecorder()
@@ -256,10 +257,16 @@ class Brain:
         self._timers.append((now + self.offer_deadline_s, _Timer.OFFER_DEADLINE))
         return []
 
+    def response_started(self, response_id: str) -> None:
+        """The first frame of ``response_id`` is out: the client can know it is active."""
+        if response_id in self._active:
+            self._seen.add(response_id)
+
     def response_done(self, response_id: str, now: float) -> list[Output]:
         """Response ``response_id`` has been sent completely (or was cancelled)."""
         if response_id in self._active:
             self._active.remove(response_id)
+        self._seen.discard(response_id)
         return []
 
     def recognized(self, utterance_id: int, line: str | None, now: float) -> list[Output]:
@@ -451,10 +458,16 @@ class Brain:
         uncertainty) and a conformance violation."""
         active = self._active[0]
         self.stats.errors_sent.append(ACTIVE_RESPONSE_CODE)
+        error = Send(active_response_error(active, self._id("event")))
+        if not self._seen.intersection(self._active):
+            # No frame of it has reached the client: a race it could not avoid (the greeting
+            # starting as the guest types). Refused as the service would, not a violation.
+            logger.info("= emulator: response.create raced response %s: refused", active)
+            return [error]
         what = f"response.create while response {active} is active"
         return [
             self._violate(ViolationKind.RESPONSE_WHILE_ACTIVE, what, now, "response.create"),
-            Send(active_response_error(active, self._id("event"))),
+            error,
         ]
 
     def _input_text(self, text: str, now: float) -> list[Output]:

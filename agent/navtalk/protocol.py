@@ -1,13 +1,11 @@
 """The NavTalk v2 realtime protocol, sans I/O.
 
 :class:`NavTalkProtocol` turns received WebSocket text frames into typed events
-(:mod:`agent.navtalk.events`) and builds every frame the client sends, as JSON
-text. It owns the session state and its rules; it never touches a socket or a
-clock (callers pass ``now``, a monotonic time in seconds, used for logging
-and the time of the last change).
+(:mod:`agent.navtalk.events`) and builds every frame the client sends, as JSON text. It owns
+the session state and its rules; it never touches a socket or a clock (callers pass ``now``,
+a monotonic time in seconds, used for logging and the time of the last change).
 
 The facts come from ``NAVTALK_PROTOCOL.md``; each builder names its source tag.
-
 Ordering rules, and what happens when a caller breaks them: builders **raise**
 :class:`agent.errors.ProtocolError` (they do not queue). The core is a pure
 translator: whether to buffer, drop or wait is policy, and policy belongs to
@@ -20,11 +18,10 @@ before building).
 - audio only once ``realtime.session.updated`` has been received (state READY);
 - nothing at all once CLOSED.
 
-Everything the server sends is untrusted: the license is redacted from each text frame
-before it is parsed (a server echoing it back must not put it on the bus or in SQLite),
-function-call argument deltas are bounded per call and in total (a call over the limit
-is reported with :attr:`events.FunctionCallDone.error` and its pieces are freed), ids,
-SDPs and candidates are bounded, and bad frames are logged once per burst.
+Everything the server sends is untrusted: the license is redacted from each frame before
+parsing; argument deltas are bounded per call and in total (over the limit:
+:attr:`events.FunctionCallDone.error`); ids, SDPs, candidates are bounded; bad frames are
+logged once per burst. One response at a time: see :meth:`NavTalkProtocol.deferred_frames`.
 """
 
 from __future__ import annotations
@@ -74,6 +71,7 @@ MAX_ID_CHARS = 256  # call_id, function name, response id
 MAX_SDP_CHARS = 256 * 1024
 MAX_CANDIDATE_CHARS = 4096
 MAX_MLINE_INDEX = 1024
+ACTIVE_RESPONSE_CODE = "conversation_already_has_active_response"  # OpenAI's error code
 
 
 class SessionStatus(enum.Enum):
@@ -245,6 +243,8 @@ class NavTalkProtocol:
         cls = ev.EVENT_TYPES.get(type_)
         if cls is None:
             logger.debug("< unknown event %s", type_)
+            if ACTIVE_RESPONSE_CODE in text:  # our response.create raced one: ask again after it
+                self._responding = self._response_wanted = True
             return [ev.Unknown(type=type_, frame=frame)]
         try:
             event = self._parse(cls, frame)
