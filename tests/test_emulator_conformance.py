@@ -243,4 +243,4 @@ def test_cli_rejects_a_missing_script_and_a_bad_port(tmp_path: Path) -> None:
         [sys.executable, "-m", "agent", "emulator", "--port", "70000"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert port.returncode == 2 and "invalid port" in port.stderr
+    assert port.returncode == 2 and "from 0 to 65535" in port.stderr
