@@ -19,14 +19,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 
 from agent import __version__, topics
 from agent.config import Settings, load
 from agent.errors import ConfigError, NavtalkAgentError
+from agent.lifeline import die_with_parent
 from agent.logs import setup_logging
 
 log = logging.getLogger("agent.cli")
@@ -112,15 +116,28 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    die_with_parent()  # first: a child of the supervisor dies with it (agent.lifeline)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # here, so a closed pipe is caught below and not at exit
+        return code
     except NavtalkAgentError as exc:
-        print(f"navtalk-agent: error: {exc}", file=sys.stderr)
+        print(f"navtalk-agent: error: {_one_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
+    except BrokenPipeError:
+        # `navtalk-agent config show | head`: the reader left; say nothing more (the Python
+        # documentation's recipe: point stdout at /dev/null so the exit flush is quiet too).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -135,11 +152,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.action == "show":
             print(msgspec.json.format(msgspec.json.encode(settings)).decode())
         else:
+            from agent import preflight
+
+            preflight.check(settings, [*preflight.services_to_run(settings), "supervisor"])
             print(f"{settings.source or 'defaults'}: ok")
         return 0
     if cmd == "tap":
         from agent.tap import run_tap
 
+        for endpoint in args.endpoint or ():
+            if not _ENDPOINT.fullmatch(endpoint):
+                raise ConfigError(
+                    f"tap --endpoint {endpoint!r}: expected ipc://PATH or tcp://HOST:PORT "
+                    "(a bus proxy's subscribe endpoint)"
+                )
         endpoints = args.endpoint or [settings.bus.control.subscribe, settings.bus.media.subscribe]
         return run_tap(
             endpoints,
@@ -152,15 +178,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     process = {"service": getattr(args, "name", ""), "run": "supervisor"}.get(cmd, cmd)
     setup_logging(settings.log, process, verbose=args.verbose)
     if cmd == "run":
+        from agent import preflight
         from agent.supervisor import Supervisor
 
         sup = Supervisor(
             settings, config_path=args.config, overrides=args.overrides, only=args.only
         )
+        preflight.check(sup.settings, [*sup.children, "supervisor"])
         return asyncio.run(sup.run())
     if cmd == "service":
+        from agent import preflight
         from agent.runtime import serve
 
+        preflight.check(settings, [args.name])
         return asyncio.run(serve(args.name, settings))
     if cmd == "proxy":
         from agent.supervisor import run_proxy_forever
@@ -172,10 +202,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if missing:
             print(f"navtalk-agent: the emulator is not available: {missing}", file=sys.stderr)
             return 1
-        from agent.emulator import server as emulator_server
-
-        code: int = emulator_server.main(args, settings)
-        return code
+        return _emulator(args, settings)
     if cmd == "history":
         from services.session import clear_history
 
@@ -183,3 +210,32 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"history cleared: {n} message(s) removed")
         return 0
     raise AssertionError(f"unhandled command {cmd}")
+
+
+_ENDPOINT = re.compile(r"(ipc://.+|tcp://[^:/]+:\d{1,5}|inproc://.+)")
+
+
+def _emulator(args: argparse.Namespace, settings: Settings) -> int:
+    """``navtalk-agent emulator``: its flags are checked like the config (one line, exit 2)."""
+    from agent import preflight
+    from agent.emulator import server as emulator_server
+
+    try:
+        emu = emulator_server.settings_from_args(args, settings.emulator)
+    except msgspec.ValidationError as exc:
+        flag = {"port": "--port", "host": "--host", "pace": "--pace"}
+        flag["drop_after_s"] = "--drop-after"
+        match = re.search(r"\$\.(\w+)", str(exc))
+        key = match.group(1) if match else ""
+        shown = flag.get(key, f"emulator.{key}" if key else "emulator")
+        value = getattr(args, key.removesuffix("_s"), None) if key else None
+        reason = str(exc).split(" - at ")[0]
+        raise ConfigError(
+            f"emulator {shown}" + (f" {value}" if value is not None else "") + f": {reason}"
+        ) from None
+    if args.script and not Path(args.script).expanduser().is_file():
+        raise ConfigError(f"emulator --script {args.script}: no such file")
+    settings = msgspec.structs.replace(settings, emulator=emu)
+    preflight.check(settings, ["emulator"])
+    code: int = emulator_server.main(args, settings)
+    return code

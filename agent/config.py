@@ -98,8 +98,15 @@ class SupervisorSettings(_Section, frozen=True, kw_only=True):
     startup_grace_s: PositiveFloat = 20.0  # time a new process gets before its first heartbeat
     restart_initial_s: PositiveFloat = 0.5  # first restart delay; doubles each time
     restart_max_s: PositiveFloat = 15.0  # restart delay cap
-    crash_loop_restarts: Annotated[int, msgspec.Meta(ge=1)] = 5  # this many restarts ...
-    crash_loop_window_s: PositiveFloat = 60.0  # ... within this window => give up on it
+    # A process that ran this long before it died is restarted at once (no backoff), and its
+    # death does not count towards the crash-loop breaker.
+    restart_stable_s: PositiveFloat = 5.0
+    crash_loop_restarts: Annotated[int, msgspec.Meta(ge=1)] = 5  # this many quick deaths ...
+    crash_loop_window_s: PositiveFloat = 60.0  # ... within this window => pause its restarts
+    crash_loop_cooldown_s: PositiveFloat = 60.0  # ... for this long, then try again
+    # A service not running for this long (crash-looping, or silent) ends the whole run with
+    # exit 1, so that systemd (Restart=on-failure) restarts the agent. 0 = never.
+    down_limit_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     stop_timeout_s: PositiveFloat = 6.0  # SIGTERM -> SIGKILL grace on shutdown
     # Pin processes to CPU cores, e.g. { mic = [0], display = [1] }. Empty: no pinning.
     cpu_affinity: dict[str, list[Annotated[int, msgspec.Meta(ge=0)]]] = {}
@@ -259,6 +266,11 @@ def load(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> 
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {p}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "TOML files are UTF-8"
+        ) from None
     return loads(text, origin=str(p), overrides=overrides)
 
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from agent import topics
 from agent.bus import Bus
 from agent.config import Settings
+from agent.errors import ConfigError
 from agent.messages import HealthStatus, Heartbeat, Shutdown
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,10 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
         )
         if service in done:
             exc = service.exception()
-            if exc is not None:
+            if isinstance(exc, ConfigError):  # one line, and exit 2: restarting cannot help
+                log.error("%s: configuration error: %s", name, exc)
+                code = 2
+            elif exc is not None:
                 log.error("%s failed", name, exc_info=exc)
                 code = 1
             else:

@@ -7,25 +7,32 @@ watches their heartbeats, restarts the dead and the silent, and stops everything
       ├── bus proxy (threads in this process, control + media planes)
       ├── emulator          (child, when [emulator] embedded = true)
       ├── tools, speaker, display, mic, session   (children: `navtalk-agent service NAME`)
-      └── watchdog: health.* heartbeats -> restart with exponential backoff; crash loop -> give up
+      └── watchdog: health.* heartbeats -> restart (at once after a stable run, else with
+                    exponential backoff); crash loop -> pause, retry after a cool-down;
+                    down too long -> exit 1 (systemd restarts the agent)
 
 The restart decisions live in :class:`RestartPolicy`, a plain class fed with
-``now``; :class:`Supervisor` is the asyncio shell around it. Children get
-``PR_SET_PDEATHSIG`` so they die with the supervisor even if it is SIGKILLed,
-and on SIGINT/SIGTERM every child gets SIGTERM, then SIGKILL after
-``stop_timeout_s``: no orphans.
+``now``; :class:`Supervisor` is the asyncio shell around it. Children arm
+``PR_SET_PDEATHSIG`` themselves (:mod:`agent.lifeline`: no ``preexec_fn`` in this
+threaded process) so they die with the supervisor even if it is SIGKILLed, and on
+SIGINT/SIGTERM every child gets SIGTERM, then SIGKILL after ``stop_timeout_s``: no
+orphans. Only the session gets ``NAVTALK_LICENSE`` in its environment.
+
+Exit status: 0 after a clean stop; 2 when a child exited 2 (a configuration error:
+restarting cannot help, so the whole run ends); 1 when a child did not stop cleanly or a
+service stayed down past ``down_limit_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import enum
 import functools
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -33,65 +40,82 @@ from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from agent import topics
 from agent.bus import Bus, Proxy
 from agent.config import Settings, SupervisorSettings
 from agent.errors import SupervisorError
+from agent.lifeline import PARENT_ENV
 from agent.messages import HealthStatus, Heartbeat, Metrics, Shutdown, VideoStats
+from agent.navtalk.settings import LICENSE_ENV
+from agent.preflight import services_to_run
 from agent.runtime import heartbeat_loop
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass
+CONFIG_ERROR_EXIT = 2  # a child's configuration error (agent.errors.ConfigError): stop all
+DOWN_EXIT = 1  # a service stayed down past down_limit_s: let systemd restart the agent
 
 
 class ChildPhase(enum.StrEnum):
     STARTING = "starting"  # spawned, no heartbeat yet
     RUNNING = "running"  # heartbeats arrive
     BACKOFF = "backoff"  # exited; waiting to restart
-    GAVE_UP = "gave_up"  # crash loop: not restarted any more
+    GAVE_UP = "gave_up"  # crash loop: restarts paused for the cool-down
     STOPPED = "stopped"  # exited on purpose (shutdown)
 
 
 @dataclass
 class RestartPolicy:
-    """Exponential backoff with a crash-loop breaker. No clock reads: pass ``now``."""
+    """When to restart a child that exited. No clock reads: pass ``now``.
+
+    - It ran ``stable_after_s`` or longer: at once (0 s), and the backoff starts over.
+    - It died sooner: exponential backoff from ``initial_s`` up to ``max_s``.
+    - ``loop_restarts`` such quick deaths within ``loop_window_s``: a crash loop; ``on_exit``
+      returns None and the caller waits ``cooldown_s``, then calls :meth:`after_cooldown`
+      and restarts it (the count starts over).
+    """
 
     initial_s: float
     max_s: float
     loop_restarts: int
     loop_window_s: float
-    stable_after_s: float = 30.0  # a child that ran this long resets the backoff
-    _restarts: deque[float] = field(default_factory=deque)
+    stable_after_s: float = 5.0
+    cooldown_s: float = 60.0
+    _restarts: deque[float] = field(default_factory=deque)  # times of quick deaths
     _delay_s: float = 0.0
 
     @classmethod
     def from_settings(cls, s: SupervisorSettings) -> RestartPolicy:
         return cls(
-            s.restart_initial_s, s.restart_max_s, s.crash_loop_restarts, s.crash_loop_window_s
+            s.restart_initial_s,
+            s.restart_max_s,
+            s.crash_loop_restarts,
+            s.crash_loop_window_s,
+            stable_after_s=s.restart_stable_s,
+            cooldown_s=s.crash_loop_cooldown_s,
         )
 
     def on_exit(self, now: float, ran_for_s: float) -> float | None:
-        """The child exited: seconds to wait before restarting it, or None to give up."""
+        """The child exited: seconds to wait before restarting it, or None (crash loop)."""
+        if ran_for_s >= self.stable_after_s:
+            self._delay_s = 0.0
+            return 0.0
         while self._restarts and now - self._restarts[0] > self.loop_window_s:
             self._restarts.popleft()
         if len(self._restarts) >= self.loop_restarts:
             return None
-        if ran_for_s >= self.stable_after_s:
-            self._delay_s = 0.0
         self._delay_s = (
             self.initial_s if self._delay_s == 0.0 else min(self._delay_s * 2, self.max_s)
         )
         self._restarts.append(now)
         return self._delay_s
+
+    def after_cooldown(self) -> None:
+        """The cool-down of a crash loop is over: the next restart starts a fresh count."""
+        self._restarts.clear()
+        self._delay_s = 0.0
 
 
 @dataclass
@@ -107,6 +131,7 @@ class Child:
     last_beat: float = 0.0
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
+    down_since: float | None = None  # when it last stopped being in service (None: in service)
 
     def set_phase(self, phase: ChildPhase, why: str = "") -> None:
         if phase is not self.phase:
@@ -133,21 +158,26 @@ class Supervisor:
         for item in overrides:
             self._config_args += ["--set", item]
         self._python = python
-        self._env = env
+        self._env = dict(os.environ if env is None else env)
         self.children: dict[str, Child] = {}
         self._stopping = asyncio.Event()
         self._stop_reason = ""
+        self._exit_code = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._proxy: Proxy | None = None
         self._bus: Bus | None = None
         self._metrics: _MetricsExporter | None = None
-        names: list[str] = ["emulator"] if settings.emulator.embedded else []
-        for service in settings.supervisor.services:
-            if only is not None and service not in only:
-                continue
-            if getattr(settings, service).enabled:
-                names.append(service)
-        for name in names:
+        if settings.emulator.embedded and settings.emulator.port == 0:
+            # "any free port": chosen here, once, so the session knows where to connect
+            # (a session left with port 0 would connect to port 80).
+            port = _free_port(settings.emulator.host)
+            settings = msgspec.structs.replace(
+                settings, emulator=msgspec.structs.replace(settings.emulator, port=port)
+            )
+            self.settings = settings
+            self._config_args += ["--set", f"emulator.port={port}"]
+            log.info("= embedded emulator: port 0 -> %d", port)
+        for name in services_to_run(settings, only):
             if name == "emulator":
                 argv = [self._python, "-m", "agent", "emulator", *self._config_args]
             else:
@@ -160,9 +190,10 @@ class Supervisor:
                 heartbeats=name != "emulator",
             )
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, code: int = 0) -> None:
         if not self._stopping.is_set():
             self._stop_reason = reason
+            self._exit_code = code
             self._stopping.set()
 
     async def run(self) -> int:
@@ -193,6 +224,8 @@ class Supervisor:
             await self._shutdown()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+        if self._exit_code:
+            return self._exit_code
         unclean = [c.name for c in self.children.values() if c.exit_codes and c.exit_codes[-1]]
         if unclean:
             log.error("not every process stopped cleanly: %s", ", ".join(unclean))
@@ -212,11 +245,18 @@ class Supervisor:
             log.error("supervisor task %s failed", task.get_name(), exc_info=task.exception())
             self.stop(f"internal error in {task.get_name()}")
 
+    def child_env(self, name: str) -> dict[str, str]:
+        """A child's environment: the supervisor's, plus its pid (agent.lifeline), and the
+        license only for the session (the tools process runs third-party plugin code)."""
+        env = {k: v for k, v in self._env.items() if k != LICENSE_ENV}
+        if name == topics.SESSION and LICENSE_ENV in self._env:
+            env[LICENSE_ENV] = self._env[LICENSE_ENV]
+        env[PARENT_ENV] = str(os.getpid())
+        return env
+
     async def _spawn(self, child: Child) -> None:
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *child.argv, env=self._env, preexec_fn=_die_with_parent
-            )
+            proc = await asyncio.create_subprocess_exec(*child.argv, env=self.child_env(child.name))
         except OSError as exc:
             raise SupervisorError(f"cannot start {child.name}: {exc}") from exc
         if child.cores:
@@ -237,26 +277,47 @@ class Supervisor:
             child.set_phase(ChildPhase.STOPPED, f"exit {code}")
             return
         now = time.monotonic()
-        delay = child.policy.on_exit(now, now - child.started_at)
+        if child.down_since is None:
+            child.down_since = now
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
+        if code == CONFIG_ERROR_EXIT:
+            child.set_phase(ChildPhase.STOPPED, how)
+            log.error(
+                "%s stopped on a configuration error (exit %d; see its log line above): "
+                "restarting cannot help, stopping the agent",
+                child.name,
+                code,
+            )
+            self.stop(f"configuration error in {child.name}", CONFIG_ERROR_EXIT)
+            return
+        delay = child.policy.on_exit(now, now - child.started_at)
         if delay is None:
             child.set_phase(ChildPhase.GAVE_UP, how)
+            delay = child.policy.cooldown_s
             log.error(
-                "%s keeps crashing (%d restarts within %.0f s): not restarting it; "
-                "see its log above, fix the cause, then restart the agent",
+                "%s keeps crashing (%d quick restarts within %.0f s): pausing its restarts "
+                "for %.0f s; see its log above",
                 child.name,
                 child.policy.loop_restarts,
                 child.policy.loop_window_s,
+                delay,
             )
-            return
-        log.warning("%s died (%s); restarting in %.1f s", child.name, how, delay)
-        child.set_phase(ChildPhase.BACKOFF, how)
-        with contextlib.suppress(TimeoutError):  # not wait_for: see agent/bus.py
-            async with asyncio.timeout(delay):
-                await self._stopping.wait()
+        elif delay:
+            log.warning("%s died (%s); restarting in %.1f s", child.name, how, delay)
+            child.set_phase(ChildPhase.BACKOFF, how)
+        else:
+            log.warning("%s died (%s) after a stable run; restarting now", child.name, how)
+            child.set_phase(ChildPhase.BACKOFF, how)
+        if delay:
+            with contextlib.suppress(TimeoutError):  # not wait_for: see agent/bus.py
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
         if self._stopping.is_set():
             child.set_phase(ChildPhase.STOPPED)
             return
+        if child.phase is ChildPhase.GAVE_UP:
+            child.policy.after_cooldown()
+            log.info("= %s: cool-down over, trying again", child.name)
         child.restarts += 1
         await self._spawn(child)
 
@@ -269,6 +330,13 @@ class Supervisor:
                     child.last_beat = time.monotonic()
                     if child.phase is ChildPhase.STARTING:
                         child.set_phase(ChildPhase.RUNNING, "first heartbeat")
+                        if child.down_since is not None:
+                            log.info(
+                                "= %s back in service after %.2f s",
+                                child.name,
+                                child.last_beat - child.down_since,
+                            )
+                        child.down_since = None
             if self._metrics is not None:
                 self._metrics.observe(d.msg)
 
@@ -279,8 +347,13 @@ class Supervisor:
                 return
             now = time.monotonic()
             for child in self.children.values():
+                self._check_down(child, now)
                 proc = child.proc
-                if proc is None or proc.returncode is not None or not child.heartbeats:
+                if proc is None or proc.returncode is not None:
+                    continue
+                if not child.heartbeats:  # watched by its exit only: up once it ran stable
+                    if now - child.started_at >= child.policy.stable_after_s:
+                        child.down_since = None
                     continue
                 limit = (
                     self._sup.startup_grace_s
@@ -291,9 +364,24 @@ class Supervisor:
                     log.error(
                         "%s (pid %d) silent for %.1f s: killing it", child.name, proc.pid, limit
                     )
+                    if child.down_since is None:
+                        child.down_since = child.last_beat
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
                     child.last_beat = now  # one kill per silence
+
+    def _check_down(self, child: Child, now: float) -> None:
+        limit = self._sup.down_limit_s
+        if limit and child.down_since is not None and now - child.down_since > limit:
+            log.error(
+                "%s has been out of service for %.0f s (down_limit_s = %.0f): stopping the "
+                "agent with exit %d so that its service manager (systemd) restarts it",
+                child.name,
+                now - child.down_since,
+                limit,
+                DOWN_EXIT,
+            )
+            self.stop(f"{child.name} down for too long", DOWN_EXIT)
 
     def _health(self) -> tuple[HealthStatus, str]:
         gave_up = [c.name for c in self.children.values() if c.phase is ChildPhase.GAVE_UP]
@@ -333,6 +421,13 @@ class Supervisor:
             self._metrics.close()
         codes = {c.name: c.exit_codes[-1] if c.exit_codes else None for c in self.children.values()}
         log.info("= all stopped: %s", ", ".join(f"{k}={v}" for k, v in codes.items()))
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host or "127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _is_running(child: Child) -> float:

@@ -48,7 +48,11 @@ case "$cmd" in
         --log-target=file:"$dir/pulse.log" \
         --load=module-native-protocol-unix \
         --load="module-null-sink sink_name=vsink rate=48000 norewinds=1 sink_properties=device.description=VirtualSpeaker" \
-        2>>"$dir/pulse.stderr"
+        2>>"$dir/pulse.stderr" || {
+        echo "virtual-audio: pulseaudio failed to start (exit $?):" >&2
+        tail -n 5 "$dir/pulse.stderr" >&2 || true
+        exit 1
+      }
       for _ in $(seq 50); do is_up && break; sleep 0.1; done
       is_up || { echo "virtual-audio: server did not come up; see $dir/pulse.log" >&2; exit 1; }
       PULSE_SERVER="$server" pactl set-default-sink vsink

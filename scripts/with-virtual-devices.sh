@@ -7,12 +7,21 @@
 #   scripts/with-virtual-devices.sh COMMAND [ARGS...]
 #
 # Set NAVTALK_NO_VIRTUAL_DISPLAY=1 to keep an existing $DISPLAY (a real screen).
+# A device that does not start is an error (exit 1, COMMAND not run), never a silent skip;
+# the command runs with NAVTALK_REQUIRE_DEVICES=1, so a test that needs a device fails
+# instead of skipping (tests/conftest.py).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 started_audio=0
 if ! "$here/scripts/virtual-audio.sh" status 2>/dev/null; then started_audio=1; fi
-eval "$("$here/scripts/virtual-audio.sh" start)"
+# Not `eval "$(... start)"`: the status of a command substitution inside eval is lost, so a
+# PulseAudio that did not start would go unnoticed and the audio tests would only skip.
+audio_env="$("$here/scripts/virtual-audio.sh" start)" || {
+  echo "with-virtual-devices: the virtual audio devices did not start (see above)" >&2
+  exit 1
+}
+eval "$audio_env"
 
 xvfb_pid=""
 wm_pid=""
@@ -37,4 +46,5 @@ cleanup() {
   if [ "$started_audio" = 1 ]; then "$here/scripts/virtual-audio.sh" stop || true; fi
 }
 trap cleanup EXIT
+export NAVTALK_REQUIRE_DEVICES="${NAVTALK_REQUIRE_DEVICES:-1}"
 "$@"

@@ -15,6 +15,10 @@ import pytest
 from agent.bus import Bus, Proxy
 from agent.config import BusSettings, ControlPlane, MediaPlane, Settings
 from tests.audio_fixtures import *  # noqa: F403  (virtual audio env before sounddevice loads)
+from tests.device_guard import (  # noqa: F401  (hooks: a device test may not skip on CI)
+    pytest_collection_modifyitems,
+    pytest_runtest_makereport,
+)
 
 MakeBus = Callable[..., Awaitable[Bus]]
 

@@ -20,12 +20,23 @@ __all__ = ["bus_toml"]  # re-exported for the tests that import it from here
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_supervisor(config: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
+def start_supervisor(
+    config: Path, *args: str, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--config", str(config), *args],
         cwd=ROOT,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment a process was started with (/proc/PID/environ)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(
+        item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item
     )
 
 

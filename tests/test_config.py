@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -105,12 +106,18 @@ def test_cli_config_check_exit_codes(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "supervisor.stop_timeout_s = 0" in r.stderr
     assert r.stderr.count("\n") == 1, "one clear line, no traceback"
+    # the defaults talk to the real NavTalk: the license must be in the environment
+    default = ROOT / "config" / "default.toml"
+    env = {k: v for k, v in os.environ.items() if k != "NAVTALK_LICENSE"}
+    unlicensed = subprocess.run(
+        [sys.executable, "-m", "agent", "config", "check", str(default)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert unlicensed.returncode == 2 and "NAVTALK_LICENSE is not set" in unlicensed.stderr
     ok = subprocess.run(
-        [sys.executable, "-m", "agent", "config", "check", str(ROOT / "config" / "default.toml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+        [sys.executable, "-m", "agent", "config", "check", str(default)],
+        capture_output=True, text=True, timeout=60, env={**env, "NAVTALK_LICENSE": "x"},
+    )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
 
 

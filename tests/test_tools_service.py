@@ -37,7 +37,7 @@ from agent.messages import (
     ToolResult,
 )
 from agent.navtalk.pending import PendingCalls
-from agent.tools import tool
+from agent.tools import ToolContext, tool
 from agent.tools.registry import ToolRegistry, discover
 from agent.tools.settings import ToolsSettings
 from agent.video.settings import CameraSettings
@@ -47,6 +47,7 @@ from tests.supervisor_helpers import spawn_tools, tools_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 5.0  # seconds: generous bound for one message to arrive
+SLOW = 60.0  # seconds: bound on a whole exchange on a loaded machine (a hang, not a pace)
 
 
 @dataclass
@@ -268,16 +269,21 @@ async def test_example_plugin_turn_head_publishes_a_robot_command(harness: Harne
 
 
 async def test_stopping_answers_the_running_calls(bus_settings: BusSettings) -> None:
-    started = asyncio.Event()
-    running = 0
+    # Deterministic under load: nothing here depends on how fast things go. The calls are
+    # sent again until each one is seen running (a call that is running already is ignored
+    # by the service, so a second copy is harmless): a call published before the tools
+    # process's subscription reached this publisher is not a lost test. Every wait is on an
+    # event, bounded by SLOW only to turn a hang into a failure.
+    all_running = asyncio.Event()
+    running: set[str] = set()
+    ids = ["w0", "w1", "w2"]
 
     @tool(timeout_s=60)
-    async def wait_long() -> None:
+    async def wait_long(ctx: ToolContext) -> None:
         """Wait a long time."""
-        nonlocal running
-        running += 1
-        if running == 3:  # every call is in the service (not still on its way)
-            started.set()
+        running.add(ctx.call_id)
+        if running == set(ids):  # every call is in the service (not still on its way)
+            all_running.set()
         await asyncio.sleep(3600)
 
     settings = _settings(bus_settings, entry_points=False)
@@ -288,17 +294,22 @@ async def test_stopping_answers_the_running_calls(bus_settings: BusSettings) -> 
         tools_service.run(settings, Bus(bus_settings, "tools"), registry=ToolRegistry([wait_long]))
     )
     try:
-        async with asyncio.timeout(WAIT):
-            await session.recv()
-            for i in range(3):
-                session.publish(
-                    topics.TOOL_CALL, ToolCall(call_id=f"w{i}", name="wait_long", arguments_json="")
-                )
-            await started.wait()
+        async with asyncio.timeout(SLOW):
+            first = await session.recv()
+            assert isinstance(first.msg, ToolCatalog)
+            while not all_running.is_set():
+                for call_id in ids:
+                    if call_id not in running:
+                        session.publish(
+                            topics.TOOL_CALL,
+                            ToolCall(call_id=call_id, name="wait_long", arguments_json=""),
+                        )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await all_running.wait()
             service.cancel()
             got = [await session.recv() for _ in range(3)]
-        ids = sorted(d.msg.call_id for d in got if isinstance(d.msg, ToolResult))
-        assert ids == ["w0", "w1", "w2"]
+        assert sorted(d.msg.call_id for d in got if isinstance(d.msg, ToolResult)) == ids
         assert all(
             isinstance(d.msg, ToolResult)
             and d.msg.error is not None
