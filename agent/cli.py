@@ -27,7 +27,7 @@ from pathlib import Path
 
 import msgspec
 
-from agent import __version__, topics
+from agent import __version__, ops_cli, topics
 from agent.config import Settings, load
 from agent.errors import ConfigError, NavtalkAgentError
 from agent.lifeline import die_with_parent
@@ -86,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages")
     p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S s")
+    ops_cli.add_key_args(p)
     _add_config(p)
+
+    ops_cli.add_parsers(sub, _add_config)
 
     p = sub.add_parser("emulator", help="run the local NavTalk emulator")
     _add_config(p)
@@ -174,7 +177,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             as_json=args.json,
             count=args.count,
             duration_s=args.duration,
+            keys=ops_cli.client_keys(args),
         )
+    if cmd in ops_cli.COMMANDS and cmd not in ops_cli.LOGGED:
+        return ops_cli.dispatch(args, settings)
     process = {"service": getattr(args, "name", ""), "run": "supervisor"}.get(cmd, cmd)
     setup_logging(settings.log, process, verbose=args.verbose)
     if cmd == "run":
@@ -203,6 +209,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"navtalk-agent: the emulator is not available: {missing}", file=sys.stderr)
             return 1
         return _emulator(args, settings)
+    if cmd in ops_cli.COMMANDS:
+        return ops_cli.dispatch(args, settings)
     if cmd == "history":
         from services.session import clear_history
 
