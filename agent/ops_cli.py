@@ -57,7 +57,7 @@ def add_parsers(sub: Any, add_config: Any) -> None:
     add_config(p)
 
     p = sub.add_parser("record", help="record bus traffic to an MCAP file (Foxglove Studio)")
-    p.add_argument("file", metavar="FILE", help="output .mcap")
+    p.add_argument("path", metavar="FILE", help="output .mcap")
     p.add_argument("prefixes", nargs="*", metavar="PREFIX", help="topic prefixes (default: all)")
     p.add_argument("--media", action="store_true", help="also record media (mic audio, ...)")
     p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages")
@@ -66,7 +66,7 @@ def add_parsers(sub: Any, add_config: Any) -> None:
     add_config(p)
 
     p = sub.add_parser("replay", help="publish a recording onto the local bus, timed")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("path", metavar="FILE", help="an .mcap made by record")
     p.add_argument("--speed", type=float, default=1.0, metavar="X", help="2 = twice as fast")
     p.add_argument("--topics", nargs="+", default=[], metavar="PREFIX", help="only these")
     add_config(p)
@@ -145,7 +145,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "replay":
         from agent.recording import replay
 
-        return asyncio.run(replay(settings, args.file, speed=args.speed, only=args.topics, out=out))
+        return asyncio.run(replay(settings, args.path, speed=args.speed, only=args.topics, out=out))
     if cmd == "topics":
         from agent.topic_stats import topics_command
 
@@ -174,7 +174,7 @@ async def _console(cmd: str, args: argparse.Namespace, settings: Settings, remot
         prefixes = record_prefixes(args.prefixes, args.media)
         async with console.Link(settings, prefixes, remote) as link:
             return await record(
-                link, args.file, prefixes, media=args.media, count=args.count,
+                link, args.path, prefixes, media=args.media, count=args.count,
                 duration_s=args.duration, out=sys.stderr,
             )  # fmt: skip
     if cmd == "say":

@@ -189,8 +189,8 @@ def read_recording(path: str | Path, only: Sequence[str] = ()) -> Iterator[Entry
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
     with stream:
-        reader = make_reader(stream)
         try:
+            reader = make_reader(stream)
             for schema, channel, message in reader.iter_messages(log_time_order=False):
                 if only and not any(channel.topic.startswith(p) for p in only):
                     continue
