@@ -29,6 +29,7 @@ from agent.bus import Bus
 from agent.config import Settings
 from agent.errors import ConfigError
 from agent.messages import HealthStatus, Heartbeat, Shutdown
+from agent.ops_metrics import bus_metrics_loop
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
     beats = asyncio.create_task(
         heartbeat_loop(control, name, settings.supervisor.heartbeat_interval_s), name="heartbeat"
     )
+    interval = settings.supervisor.heartbeat_interval_s * 5
+    counters = asyncio.create_task(bus_metrics_loop(control, name, bus, interval), name="bus-stats")
     shutdown = asyncio.create_task(_wait_shutdown(control), name="shutdown-listener")
     stopper = asyncio.create_task(stop.wait(), name="signal-wait")
     log.info("= %s started (pid %d)", name, os.getpid())
@@ -128,7 +131,7 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
             reason = shutdown.result() if shutdown in done else ", ".join(stop_reason)
             log.info("= %s stopping (%s)", name, reason)
     finally:
-        tasks: tuple[asyncio.Task[Any], ...] = (service, beats, shutdown, stopper)
+        tasks: tuple[asyncio.Task[Any], ...] = (service, beats, counters, shutdown, stopper)
         for task in tasks:
             task.cancel()
         budget = settings.supervisor.stop_timeout_s * 0.75
