@@ -10,6 +10,8 @@
     navtalk-agent devices                              list audio devices
     navtalk-agent history clear [--config FILE]        forget the stored conversation
     navtalk-agent config check FILE | show [--config FILE]
+    navtalk-agent gateway | keys | record | replay | topics | say | session | tools | status
+                                                       operating from afar: see agent.ops_cli
 
 Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
 """

@@ -204,3 +204,46 @@ def test_a_settings_value_reaches_status_through_load(short_tmp: Path) -> None:
     cfg.write_text('[remote]\nenabled = true\nmedia = ["audio.mic"]\n')
     s = load(cfg)
     assert s.remote.enabled and s.remote.media == ["audio.mic"]
+
+
+async def test_the_supervisor_runs_the_gateway_and_status_reads_through_it(
+    short_tmp: Path,
+) -> None:
+    from agent.keys import generate
+
+    keys = short_tmp / "keys"
+    generate(keys, "server")
+    generate(short_tmp / "me", "op")
+    (keys / "readers").mkdir()
+    shutil.copy(short_tmp / "me" / "op.key", keys / "readers")
+    port, read_port, command_port = free_port(), free_port(), free_port()
+    remote = f"read_port = {read_port}\ncommand_port = {command_port}\n"
+    cfg = short_tmp / "sup.toml"
+    cfg.write_text(
+        bus_toml(ipc_bus_settings(str(short_tmp)))
+        + f"\n[supervisor]\nmetrics_port = {port}\nheartbeat_interval_s = 0.2\n"
+        f'stop_timeout_s = 3\n\n[remote]\nenabled = true\nkeys_dir = "{keys}"\n{remote}'
+        '\n[tools]\ndisabled_builtins = ["take_photo"]\n'
+    )
+    operator = short_tmp / "op.toml"  # the operator's machine: only the gateway's ports
+    operator.write_text(f"[remote]\n{remote}")
+    proc = start_supervisor(cfg, "--only", "tools", log=short_tmp / "sup.log")
+    try:
+        await poll_until(lambda: _ok(f"http://127.0.0.1:{port}/healthz"), 30, "healthz 200")
+        text = get(f"http://127.0.0.1:{port}/metrics")[1]
+        assert 'navtalk_agent_up{service="gateway"} 1.0' in text
+        r = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "agent", "status", "--json", "--wait", "10",
+             "--remote", "127.0.0.1", "--key", str(short_tmp / "me" / "op.key_secret"),
+             "--server-key", str(keys / "server.key"), "--config", str(operator)],
+            cwd=ROOT, capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        rows = {p["name"]: p for p in json.loads(r.stdout)["processes"]}
+        assert rows["tools"]["status"] == "ok" and rows["gateway"]["up"] is True
+        assert stop(proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "remote gateway up" in (short_tmp / "sup.log").read_text()
