@@ -1,5 +1,5 @@
 """Console commands against a running agent, over the bus: ``say``, ``session``, ``tools``,
-``status``.
+``status``, and ``console`` (a text conversation: type as the guest, read the avatar).
 
 Each command reads and writes through a :class:`Link`: the local bus (a :class:`~agent.bus.Bus`
 named ``console``), or a remote board's gateway (:mod:`agent.remote`: its read endpoint for
@@ -34,14 +34,16 @@ from agent.messages import (
     SessionControl,
     SessionState,
     TextInput,
+    ToolCall,
     ToolCatalog,
     ToolDescribe,
+    ToolResult,
     UserTranscript,
     decode_envelope,
 )
 from agent.remote import RemoteCommander, remote_sub_socket
 
-__all__ = ["Link", "StatusBoard", "say", "session", "status", "tools_list"]
+__all__ = ["Link", "StatusBoard", "interactive", "say", "session", "status", "tools_list"]
 
 CONSOLE_SENDER = "console"
 
@@ -369,4 +371,82 @@ async def status(
         return 1
     with contextlib.suppress(BrokenPipeError):
         out.write((json.dumps(board.to_json()) if as_json else board.render()) + "\n")
+    return 0
+
+
+# -- console: a text conversation ---------------------------------------------------------------
+
+CONSOLE_TOPICS = (
+    "navtalk.transcript.",
+    topics.TOOL_CALL,
+    topics.TOOL_RESULT,
+    topics.SESSION_STATE,
+)
+CONSOLE_HELP = "type as the guest; /start and /end open and close the session; /quit leaves"
+
+
+def console_line(msg: Message) -> str | None:
+    """What the console prints for one message (None: nothing)."""
+    if isinstance(msg, UserTranscript):
+        return f"guest:  {msg.text}"
+    if isinstance(msg, AssistantTranscript):
+        return f"avatar: {msg.text}" if msg.final else None
+    if isinstance(msg, ToolCall):
+        return f"  tool call   {msg.name}({msg.arguments_json[:200]})"
+    if isinstance(msg, ToolResult):
+        outcome = msg.output_json[:200] if msg.ok else f"error: {msg.error or msg.output_json}"
+        return f"  tool result {msg.name}: {outcome}"
+    if isinstance(msg, SessionState):
+        return f"  [session {msg.phase}{f': {msg.detail}' if msg.detail else ''}]"
+    return None
+
+
+def _stdin_lines(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[str | None]) -> None:
+    """Read stdin on a daemon thread (a blocked read must not hold the process at exit)."""
+    import sys
+    import threading
+
+    def pump() -> None:
+        for line in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, line.rstrip("\n"))
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    threading.Thread(target=pump, name="console-stdin", daemon=True).start()
+
+
+async def interactive(settings: Settings, out: TextIO, *, remote: RemoteTarget | None) -> int:
+    """``navtalk-agent console``: type as the guest, read the avatar's transcript, see tool
+    calls and session phases, until /quit or end of input."""
+    lines: asyncio.Queue[str | None] = asyncio.Queue(maxsize=100)
+    _stdin_lines(asyncio.get_running_loop(), lines)
+    async with Link(settings, CONSOLE_TOPICS, remote) as link:
+        out.write(f"-- {CONSOLE_HELP}\n")  # once connected: what is typed now gets through
+        out.flush()
+
+        async def show() -> None:
+            while True:
+                d = await link.recv(3600.0)
+                text = None if d is None else console_line(d.msg)
+                if text is not None:
+                    out.write(text + "\n")
+                    out.flush()
+
+        printer = asyncio.create_task(show(), name="console-printer")
+        try:
+            while (line := await lines.get()) is not None:
+                line = line.strip()
+                if line == "/quit":
+                    break
+                if line in ("/start", "/end"):
+                    action = line[1:]
+                    await link.publish(
+                        topics.CONTROL_SESSION,
+                        SessionControl(action=action, reason="console"),  # type: ignore[arg-type]
+                    )
+                elif line:
+                    await link.publish(topics.INPUT_TEXT, TextInput(text=line))
+        finally:
+            printer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await printer
     return 0

@@ -9,6 +9,7 @@
     navtalk-agent session start|end [--wait S]
     navtalk-agent tools list [--json]
     navtalk-agent status [--json]
+    navtalk-agent console                                   type as the guest, read the avatar
 
 Every command that reads or writes the bus takes ``--remote HOST --key MY.key_secret
 --server-key server.key`` to go through a board's gateway instead of the local bus.
@@ -27,7 +28,10 @@ from agent.errors import ConfigError
 
 __all__ = ["COMMANDS", "add_key_args", "add_parsers", "client_keys", "dispatch"]
 
-COMMANDS = ("gateway", "keys", "record", "replay", "topics", "say", "session", "tools", "status")
+COMMANDS = (
+    "gateway", "keys", "record", "replay", "topics", "say", "session", "tools", "status",
+    "console",
+)  # fmt: skip
 LOGGED = ("gateway", "replay")  # commands that log like a process (the rest print)
 
 
@@ -95,6 +99,10 @@ def add_parsers(sub: Any, add_config: Any) -> None:
     p.add_argument("action", choices=["list"])
     p.add_argument("--json", action="store_true", help="with the parameter schemas")
     p.add_argument("--wait", type=float, default=5.0, metavar="S")
+    _add_remote(p)
+    add_config(p)
+
+    p = sub.add_parser("console", help="a text conversation: type as the guest, see replies")
     _add_remote(p)
     add_config(p)
 
@@ -187,6 +195,8 @@ async def _console(cmd: str, args: argparse.Namespace, settings: Settings, remot
         return await console.tools_list(
             settings, out, as_json=args.json, wait_s=args.wait, remote=remote
         )
+    if cmd == "console":
+        return await console.interactive(settings, out, remote=remote)
     if cmd == "status":
         return await console.status(
             settings, out, as_json=args.json, wait_s=args.wait, remote=remote

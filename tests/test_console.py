@@ -26,6 +26,8 @@ from agent.messages import (
     SessionPhase,
     SessionState,
     TextInput,
+    ToolCall,
+    ToolResult,
     UserTranscript,
 )
 from agent.remote import Gateway
@@ -225,3 +227,46 @@ async def test_console_through_the_gateway_with_keys(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_console_mode_types_as_the_guest_and_shows_replies_and_tool_calls(
+    bus_settings: BusSettings, make_bus: MakeBus, short_tmp: Path
+) -> None:
+    cfg = config(short_tmp / "c.toml", bus_settings)
+    tools_bus = await make_bus("tools", topics.INPUT_TEXT)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "console", "-c", cfg, cwd=ROOT,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+
+    async def until(prefix: str) -> str:
+        async with asyncio.timeout(15):
+            while True:
+                line = (await proc.stdout.readline()).decode()  # type: ignore[union-attr]
+                assert line, "console ended early"
+                if line.startswith(prefix):
+                    return line.rstrip("\n")
+
+    try:
+        assert "type as the guest" in await until("--")
+        async with session_peer(make_bus):
+            proc.stdin.write(b"What time is it?\n")
+            await proc.stdin.drain()
+            assert await until("avatar:") == "avatar: You said: What time is it?"
+            call = ToolCall(call_id="c1", name="get_current_time", arguments_json="{}")
+            tools_bus.publish(topics.TOOL_CALL, call)
+            result = ToolResult(call_id="c1", name="get_current_time", ok=True, output_json='"9"')
+            tools_bus.publish(topics.TOOL_RESULT, result)
+            assert (await until("  tool call")).endswith("get_current_time({})")
+            assert (await until("  tool result")).endswith('get_current_time: "9"')
+            proc.stdin.write(b"/start\n")
+            await proc.stdin.drain()
+            assert await until("  [session ready") == "  [session ready: console]"
+        proc.stdin.write(b"/quit\n")
+        await proc.stdin.drain()
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
