@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -250,6 +251,7 @@ class ProcessRow:
     cpu_s: float | None = None
     rss_bytes: float | None = None
     up: bool | None = None  # the supervisor's view
+    heartbeats: bool = True  # False: not on the bus (emulator, gateway), known by up only
 
 
 @dataclass
@@ -287,6 +289,8 @@ class StatusBoard:
                     row.rss_bytes = value
                 elif what == "up":
                     row.up = bool(value)
+                elif what == "heartbeats":
+                    row.heartbeats = bool(value)
         elif isinstance(msg, SessionState):
             self.session = msg
 
@@ -294,13 +298,15 @@ class StatusBoard:
         """Everything the supervisor runs has been heard from, and the session's state."""
         if not self.supervised:
             return False
-        heard = all(self.rows[n].status != "?" or n == "emulator" for n in self.supervised)
+        heard = all(
+            self.rows[n].status != "?" or not self.rows[n].heartbeats for n in self.supervised
+        )
         wants_session = topics.SESSION in self.supervised
         return heard and (self.session is not None or not wants_session)
 
     def to_json(self) -> dict[str, object]:
         return {
-            "processes": [msgspec.structs.asdict(_row_struct(r)) for r in self._sorted()],
+            "processes": [dataclasses.asdict(r) for r in self._sorted()],
             "session": None if self.session is None else msgspec.to_builtins(self.session),
             "errors": self.errors[-10:],
         }
@@ -315,6 +321,8 @@ class StatusBoard:
             state = r.status
             if r.up is False and r.status in ("?", "ok"):
                 state = "down"
+            elif r.up and not r.heartbeats:
+                state = "alive"  # a process off the bus: its pid is all the supervisor knows
             lines.append(
                 f"{r.name:<11}{r.pid or '-':>8}  {state:<9}{_num(r.uptime_s, '.0f', 's'):>9}"
                 f"{_num(r.restarts, 'd'):>9}{_num(r.cpu_s, '.1f'):>8}"
@@ -328,24 +336,6 @@ class StatusBoard:
         for e in self.errors[-5:]:
             lines.append(f"error: {e}")
         return "\n".join(lines)
-
-
-class _RowStruct(msgspec.Struct):
-    name: str
-    pid: int
-    status: str
-    detail: str
-    uptime_s: float
-    restarts: int | None
-    cpu_s: float | None
-    rss_bytes: float | None
-    up: bool | None
-
-
-def _row_struct(r: ProcessRow) -> _RowStruct:
-    return _RowStruct(
-        r.name, r.pid, r.status, r.detail, r.uptime_s, r.restarts, r.cpu_s, r.rss_bytes, r.up
-    )
 
 
 def _num(value: float | int | None, fmt: str, unit: str = "") -> str:

@@ -25,8 +25,9 @@ failed; else 503 and one line per problem. Any other path: 404.
 
 Each service's runtime publishes its bus counters as ``bus.*`` values of ``metrics.<name>``
 (:func:`bus_metrics_loop`), and the supervisor publishes ``metrics.supervisor`` with
-``child.<name>.{pid,up,restarts,cpu_seconds,rss_bytes}`` (:func:`children_loop`), which is
-what ``navtalk-agent status`` shows, locally or through the remote gateway.
+``child.<name>.{pid,up,restarts,heartbeats,cpu_seconds,rss_bytes}``
+(:func:`children_loop`): what ``navtalk-agent status`` shows, locally or through the
+remote gateway.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ def children_values(children: Iterable[ChildView]) -> dict[str, float]:
         out[f"child.{c.name}.pid"] = float(pid)
         out[f"child.{c.name}.up"] = float(is_up(c))
         out[f"child.{c.name}.restarts"] = float(c.restarts)
+        out[f"child.{c.name}.heartbeats"] = float(c.heartbeats)
         usage = proc_usage(pid) if pid else None
         if usage is not None:
             out[f"child.{c.name}.cpu_seconds"], out[f"child.{c.name}.rss_bytes"] = usage
