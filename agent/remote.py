@@ -41,7 +41,7 @@ from agent.bus_stats import BurstLog
 from agent.config import Settings
 from agent.errors import BusError, MessageDecodeError
 from agent.keys import READERS, WRITERS, ClientKeys, KeyRing, key_dir, load_server_secret
-from agent.messages import Message, decode_envelope
+from agent.messages import Message, Metrics, decode_envelope
 from agent.proxy import MAX_FRAME_BYTES, MAX_SUBSCRIPTION_BYTES
 
 __all__ = [
@@ -59,6 +59,7 @@ GATEWAY_SENDER = "gateway"
 READ_DOMAIN = b"read"
 WRITE_DOMAIN = b"write"
 MAX_COMMAND_FRAMES = 8  # topic + body + payload frames
+METRICS_INTERVAL_S = 5.0
 
 
 class CommandRefused(Exception):
@@ -100,8 +101,9 @@ class GatewayStats:
 class Gateway:
     """Serves ``[remote]``. ``await run()`` until cancelled; ``ready`` is set once bound."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, metrics_interval_s: float = METRICS_INTERVAL_S):
         self.settings = settings
+        self.metrics_interval_s = metrics_interval_s
         self.remote = settings.remote
         directory = key_dir(self.remote.keys_dir)
         self._server_public, self._server_secret = load_server_secret(directory)
@@ -146,13 +148,30 @@ class Gateway:
                 ", ".join(self.remote.write_topics) or "none",
             )
             self.ready.set()
-            await self._loop(xpub, router, sources, bus)
+            reporter = asyncio.create_task(self._report(bus), name="gateway-metrics")
+            try:
+                await self._loop(xpub, router, sources, bus)
+            finally:
+                reporter.cancel()
         finally:
             auth.stop()
             await bus.close()
             for sock in socks:
                 sock.close(linger=0)
             ctx.term()
+
+    async def _report(self, bus: Bus) -> None:
+        """Counters as ``metrics.gateway`` (the supervisor exports them)."""
+        while True:
+            await asyncio.sleep(self.metrics_interval_s)  # a reporting period
+            values = {
+                "forwarded": float(self.stats.forwarded),
+                "commands": float(self.stats.commands),
+                "refused_commands": float(self.stats.refused_commands),
+                "refused_readers": float(self.readers.refused),
+                "refused_writers": float(self.writers.refused),
+            }
+            bus.publish("metrics.gateway", Metrics(service=GATEWAY_SENDER, values=values))
 
     def _server_socket(
         self, ctx: zmq.asyncio.Context, kind: int, domain: bytes, max_msg: int
@@ -233,7 +252,7 @@ class Gateway:
             except zmq.Again:
                 return
             ident, rest = frames[0], [f.bytes for f in frames[1:]]
-            key = (frames[1].get("User-Id") if len(frames) > 1 else "") or ""
+            key = _user_id(frames[1]) if len(frames) > 1 else ""
             who = self.writers.name_of(key.encode()) or key[:12]
             try:
                 topic, msg, payload = check_command(rest, self.remote.write_topics)
@@ -253,6 +272,14 @@ class Gateway:
                 reply = [b"ok", b""]
             with contextlib.suppress(zmq.ZMQError):
                 router.send_multipart([ident.bytes, *reply], zmq.NOBLOCK)
+
+
+def _user_id(frame: Any) -> str:
+    """The client's z85 public key, as the ZAP handler named it (User-Id)."""
+    try:
+        return str(frame.get("User-Id") or "")
+    except zmq.ZMQError:
+        return ""
 
 
 def sync_view(sock: zmq.asyncio.Socket) -> zmq.Socket[bytes]:

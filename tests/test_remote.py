@@ -27,6 +27,7 @@ from agent.messages import (
     AudioFrame,
     Envelope,
     Heartbeat,
+    Metrics,
     SessionControl,
     Shutdown,
     TextInput,
@@ -76,7 +77,7 @@ def gateway(bus_settings: BusSettings, keyring: Path) -> GatewayFactory:
                 **remote,  # type: ignore[arg-type]
             ),
         )
-        gw = Gateway(settings)
+        gw = Gateway(settings, metrics_interval_s=0.1)
         task = asyncio.create_task(gw.run())
         try:
             async with asyncio.timeout(10):
@@ -159,6 +160,7 @@ async def test_writer_commands_reach_the_bus(
     gateway: GatewayFactory, keyring: Path, make_bus: MakeBus
 ) -> None:
     session = await make_bus("session", topics.INPUT_TEXT, topics.CONTROL_SESSION)
+    monitor = await make_bus("supervisor", "metrics.gateway")
     async with gateway() as gw:
         alice = RemoteCommander(gw.command_endpoint, client(keyring, "alice"))
         try:
@@ -175,6 +177,13 @@ async def test_writer_commands_reach_the_bus(
         assert got[0].msg == TextInput(text="hello from afar") and got[0].sender == "gateway"
         assert got[1].msg == SessionControl(action="end")
         assert gw.stats.commands == 2 and gw.stats.refused_commands == 1
+        async with asyncio.timeout(5):  # and it says so on metrics.gateway
+            while True:
+                m = (await monitor.recv()).msg
+                assert isinstance(m, Metrics)
+                if m.values["commands"] == 2:
+                    break
+        assert m.values["refused_commands"] == 1 and m.service == "gateway"
 
 
 async def test_reader_only_and_unknown_keys_cannot_publish(
