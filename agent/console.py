@@ -59,8 +59,16 @@ class RemoteTarget:
 class Link:
     """Read some topics and publish commands, locally or through a remote gateway."""
 
-    def __init__(self, settings: Settings, prefixes: Sequence[str], remote: RemoteTarget | None):
+    def __init__(
+        self,
+        settings: Settings,
+        prefixes: Sequence[str],
+        remote: RemoteTarget | None,
+        *,
+        media_queue: int = 200,
+    ):
         self._settings = settings
+        self._media_queue = media_queue
         self._prefixes = list(prefixes)
         self._remote = remote
         self._bus: Bus | None = None
@@ -69,7 +77,7 @@ class Link:
 
     async def __aenter__(self) -> Self:
         if self._remote is None:
-            self._bus = Bus(self._settings.bus, CONSOLE_SENDER)
+            self._bus = Bus(self._settings.bus, CONSOLE_SENDER, media_queue=self._media_queue)
             if self._prefixes:
                 self._bus.subscribe(*self._prefixes)
             await self._bus.start()
@@ -90,6 +98,12 @@ class Link:
             self._sub.close(linger=0)
         if self._commander is not None:
             self._commander.close()
+
+    def lost(self) -> int:
+        """Messages this link lost so far: dropped from a full queue, or sequence gaps."""
+        if self._bus is not None:
+            return self._bus.stats.media_dropped + self._bus.stats.gaps
+        return 0
 
     async def publish(self, topic: str, msg: Message) -> None:
         if self._bus is not None:

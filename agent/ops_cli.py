@@ -180,7 +180,8 @@ async def _console(cmd: str, args: argparse.Namespace, settings: Settings, remot
         from agent.recording import record, record_prefixes
 
         prefixes = record_prefixes(args.prefixes, args.media)
-        async with console.Link(settings, prefixes, remote) as link:
+        # a deep media queue: the recorder writes between reads, and must not drop audio
+        async with console.Link(settings, prefixes, remote, media_queue=5000) as link:
             return await record(
                 link, args.path, prefixes, media=args.media, count=args.count,
                 duration_s=args.duration, out=sys.stderr,

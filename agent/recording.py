@@ -259,7 +259,9 @@ async def record(
         finally:
             writer.finish()
             if out is not None:
-                out.write(f"-- {writer.count} message(s) recorded to {path}\n")
+                lost = link.lost()
+                note = f", {lost} lost (dropped or sequence gaps)" if lost else ""
+                out.write(f"-- {writer.count} message(s) recorded to {path}{note}\n")
     return 0
 
 
