@@ -99,8 +99,8 @@ class SupervisorSettings(_Section, frozen=True, kw_only=True):
     startup_grace_s: PositiveFloat = 20.0  # time a new process gets before its first heartbeat
     restart_initial_s: PositiveFloat = 0.5  # first restart delay; doubles each time
     restart_max_s: PositiveFloat = 15.0  # restart delay cap
-    # A process that ran this long before it died is restarted at once (no backoff), and its
-    # death does not count towards the crash-loop breaker.
+    # A process in service (heartbeats) this long before it died is restarted at once (no
+    # backoff), and its death does not count towards the crash-loop breaker.
     restart_stable_s: PositiveFloat = 5.0
     crash_loop_restarts: Annotated[int, msgspec.Meta(ge=1)] = 5  # this many quick deaths ...
     crash_loop_window_s: PositiveFloat = 60.0  # ... within this window => pause its restarts
@@ -109,6 +109,9 @@ class SupervisorSettings(_Section, frozen=True, kw_only=True):
     # exit 1, so that systemd (Restart=on-failure) restarts the agent. 0 = never.
     down_limit_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     stop_timeout_s: PositiveFloat = 6.0  # SIGTERM -> SIGKILL grace on shutdown
+    # Fork services from a process that imported them already (agent.zygote): restarts in
+    # ~0.2 s instead of seconds of imports. false: every child is a new interpreter.
+    zygote: bool = True
     # Pin processes to CPU cores, e.g. { mic = [0], display = [1] }. Empty: no pinning.
     cpu_affinity: dict[str, list[Annotated[int, msgspec.Meta(ge=0)]]] = {}
     # Prometheus metrics endpoint of the supervisor (0 = off). Bound to metrics_host.

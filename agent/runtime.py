@@ -46,14 +46,33 @@ def load_service(name: str) -> ServiceMain:
     return run
 
 
+class ServiceBus(Bus):
+    """The service's own bus; :attr:`ready` is set once its :meth:`start` returned, i.e.
+    its subscriptions are in place at the proxy."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ready = asyncio.Event()
+
+    async def start(self, timeout: float = 10.0) -> None:
+        await super().start(timeout)
+        self.ready.set()
+
+
 async def heartbeat_loop(
     bus: Bus,
     name: str,
     interval_s: float,
     status: Callable[[], tuple[HealthStatus, str]] | None = None,
+    *,
+    ready: asyncio.Event | None = None,
 ) -> None:
     """``health.<name>`` every ``interval_s``, sent from the event loop (a blocked loop is
-    a silent one). ``status`` gives (status, detail) when there is more to say than "ok"."""
+    a silent one). ``status`` gives (status, detail) when there is more to say than "ok".
+    With ``ready``, the first beat waits for it: a service's first heartbeat means "in
+    service" (its bus subscriptions work), not "process up"."""
+    if ready is not None:
+        await ready.wait()
     started = time.monotonic()
     pid = os.getpid()
     while True:
@@ -101,11 +120,21 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
 
     control = Bus(settings.bus, f"{name}.runtime")
     control.subscribe(topics.CONTROL_SHUTDOWN)
-    await control.start()
-    bus = Bus(settings.bus, name)
+    bus = ServiceBus(settings.bus, name)
+    # The service starts while the control bus connects (both wait for their probes).
     service: asyncio.Task[None] = asyncio.create_task(main(settings, bus), name=f"service-{name}")
+    try:
+        await control.start()
+    except BaseException:
+        service.cancel()
+        await asyncio.wait({service}, timeout=settings.supervisor.stop_timeout_s)
+        if service.done() and not service.cancelled():
+            service.exception()  # retrieved: the control bus's error is the one to report
+        await bus.close()
+        raise
     beats = asyncio.create_task(
-        heartbeat_loop(control, name, settings.supervisor.heartbeat_interval_s), name="heartbeat"
+        heartbeat_loop(control, name, settings.supervisor.heartbeat_interval_s, ready=bus.ready),
+        name="heartbeat",
     )
     interval = settings.supervisor.heartbeat_interval_s * 5
     counters = asyncio.create_task(bus_metrics_loop(control, name, bus, interval), name="bus-stats")

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -50,6 +50,7 @@ from agent.messages import HealthStatus, Heartbeat, Shutdown
 from agent.navtalk.settings import LICENSE_ENV
 from agent.preflight import services_to_run
 from agent.runtime import heartbeat_loop
+from agent.zygote import Zygote
 
 log = logging.getLogger(__name__)
 
@@ -117,20 +118,40 @@ class RestartPolicy:
         self._delay_s = 0.0
 
 
+class ChildProcess(Protocol):
+    """What the supervisor needs of a child: an exec'd one (asyncio) or a forked one."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    async def wait(self) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
 @dataclass
 class Child:
     name: str
-    argv: list[str]
+    args: list[str]  # navtalk-agent's arguments (after `python -m agent`)
     policy: RestartPolicy
     cores: list[int] = field(default_factory=list)
     heartbeats: bool = True  # False: not on the bus (the emulator); watched by its exit only
     phase: ChildPhase = ChildPhase.STARTING
-    proc: asyncio.subprocess.Process | None = None
+    proc: ChildProcess | None = None
     started_at: float = 0.0
     last_beat: float = 0.0
     restarts: int = 0
     exit_codes: list[int] = field(default_factory=list)
     down_since: float | None = None  # when it last stopped being in service (None: in service)
+    running_since: float | None = None  # first heartbeat of the current process
+
+    def ran_for(self, now: float) -> float:
+        """How long the current process was in service (a process that never sent a
+        heartbeat was not; the emulator, which sends none, counts from its start)."""
+        if self.running_since is not None:
+            return now - self.running_since
+        return 0.0 if self.heartbeats else now - self.started_at
 
     def set_phase(self, phase: ChildPhase, why: str = "") -> None:
         if phase is not self.phase:
@@ -166,6 +187,7 @@ class Supervisor:
         self._proxy: Proxy | None = None
         self._bus: Bus | None = None
         self._metrics: ops_metrics.MetricsExporter | None = None
+        self._zygote: Zygote | None = None
         if settings.emulator.embedded and settings.emulator.port == 0:
             # "any free port": chosen here, once, so the session knows where to connect
             # (a session left with port 0 would connect to port 80).
@@ -178,12 +200,12 @@ class Supervisor:
             log.info("= embedded emulator: port 0 -> %d", port)
         for name in services_to_run(settings, only):
             if name == "emulator":
-                argv = [self._python, "-m", "agent", "emulator", *self._config_args]
+                args = ["emulator", *self._config_args]
             else:
-                argv = [self._python, "-m", "agent", "service", name, *self._config_args]
+                args = ["service", name, *self._config_args]
             self.children[name] = Child(
                 name,
-                argv,
+                args,
                 RestartPolicy.from_settings(self._sup),
                 cores=list(self._sup.cpu_affinity.get(name, [])),
                 heartbeats=name != "emulator",
@@ -191,7 +213,7 @@ class Supervisor:
         if settings.remote.enabled:  # the CurveZMQ remote gateway (agent.remote)
             self.children["gateway"] = Child(
                 "gateway",
-                [self._python, "-m", "agent", "gateway", *self._config_args],
+                ["gateway", *self._config_args],
                 RestartPolicy.from_settings(self._sup),
                 heartbeats=False,
             )
@@ -216,6 +238,8 @@ class Supervisor:
                     self._sup.metrics_host, self._sup.metrics_port, self.children.values
                 )
             await self._bus.start()
+            if self._sup.zygote:
+                await self._start_zygote()
             for child in self.children.values():
                 await self._spawn(child)
             self._spawn_task(self._watch_health(), "health")
@@ -264,11 +288,39 @@ class Supervisor:
         env[PARENT_ENV] = str(os.getpid())
         return env
 
-    async def _spawn(self, child: Child) -> None:
+    async def _start_zygote(self) -> None:
+        zygote = Zygote(
+            self._python,
+            {k: v for k, v in self._env.items() if k != LICENSE_ENV},
+            tag=self._config_args,  # forked children show the zygote's command line
+        )
         try:
-            proc = await asyncio.create_subprocess_exec(*child.argv, env=self.child_env(child.name))
-        except OSError as exc:
-            raise SupervisorError(f"cannot start {child.name}: {exc}") from exc
+            await zygote.start()
+        except SupervisorError as exc:
+            log.warning("%s: children are exec'd instead (slower restarts)", exc)
+            return
+        self._zygote = zygote
+
+    async def _spawn(self, child: Child) -> None:
+        env = self.child_env(child.name)
+        proc: ChildProcess | None = None
+        if self._zygote is not None:
+            secret = env.pop(LICENSE_ENV, None)
+            try:
+                proc = await self._zygote.spawn(
+                    child.args, env, secret=(LICENSE_ENV, secret) if secret else None
+                )
+            except SupervisorError as exc:
+                log.warning("%s; exec'ing %s instead", exc, child.name)
+                if secret:
+                    env[LICENSE_ENV] = secret
+        if proc is None:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    self._python, "-m", "agent", *child.args, env=env
+                )
+            except OSError as exc:
+                raise SupervisorError(f"cannot start {child.name}: {exc}") from exc
         if child.cores:
             try:
                 os.sched_setaffinity(proc.pid, child.cores)
@@ -276,11 +328,12 @@ class Supervisor:
                 log.warning("%s: cannot pin to cores %s: %s", child.name, child.cores, exc)
         child.proc = proc
         child.started_at = child.last_beat = time.monotonic()
+        child.running_since = None
         log.info("= %s: spawned, pid %d", child.name, proc.pid)
         child.set_phase(ChildPhase.STARTING)
         self._spawn_task(self._reap(child, proc), f"reap-{child.name}")
 
-    async def _reap(self, child: Child, proc: asyncio.subprocess.Process) -> None:
+    async def _reap(self, child: Child, proc: ChildProcess) -> None:
         code = await proc.wait()
         child.exit_codes.append(code)
         if self._stopping.is_set():
@@ -300,7 +353,7 @@ class Supervisor:
             )
             self.stop(f"configuration error in {child.name}", CONFIG_ERROR_EXIT)
             return
-        delay = child.policy.on_exit(now, now - child.started_at)
+        delay = child.policy.on_exit(now, child.ran_for(now))
         if delay is None:
             child.set_phase(ChildPhase.GAVE_UP, how)
             delay = child.policy.cooldown_s
@@ -340,6 +393,7 @@ class Supervisor:
                     child.last_beat = time.monotonic()
                     if child.phase is ChildPhase.STARTING:
                         child.set_phase(ChildPhase.RUNNING, "first heartbeat")
+                        child.running_since = child.last_beat
                         if child.down_since is not None:
                             log.info(
                                 "= %s back in service after %.2f s",
@@ -423,6 +477,8 @@ class Supervisor:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._zygote is not None:
+            await self._zygote.close()
         if self._bus is not None:
             await self._bus.close()
         if self._proxy is not None:

@@ -72,6 +72,21 @@ def children_of(pid: int) -> list[int]:
         return []
 
 
+def descendants_of(pid: int) -> list[int]:
+    """Children, grandchildren, ... (the services are the zygote's children)."""
+    out = []
+    for child in children_of(pid):
+        out += [child, *descendants_of(child)]
+    return out
+
+
+def cmdline_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15) -> int:
     proc.send_signal(sig)
     return proc.wait(timeout=timeout)

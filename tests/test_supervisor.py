@@ -23,6 +23,8 @@ from tests.supervisor_helpers import (
     alive,
     bus_toml,
     children_of,
+    cmdline_of,
+    descendants_of,
     environ_of,
     next_beat,
     start_supervisor,
@@ -86,7 +88,7 @@ async def test_sigkilled_child_is_restarted_and_sigterm_leaves_no_orphan(
         async with Bus(settings.bus, "external") as bus:
             bus.subscribe("health.")
             first = await next_beat(bus, "tools", timeout=30)
-            assert first.pid in children_of(proc.pid)
+            assert first.pid in descendants_of(proc.pid)
             assert os.sched_getaffinity(first.pid) == {0}, "pinned as configured"
             os.kill(first.pid, signal.SIGKILL)
             second = await next_beat(bus, "tools", timeout=20, not_pid=first.pid)
@@ -156,7 +158,7 @@ async def test_crash_loop_pauses_retries_after_cooldown_then_exits_for_systemd(
         bus_toml(ipc_bus_settings(str(short_tmp)))
         + "\n[supervisor]\nheartbeat_interval_s = 0.2\nrestart_initial_s = 0.05\n"
         "restart_max_s = 0.1\ncrash_loop_restarts = 3\ncrash_loop_window_s = 60\n"
-        "crash_loop_cooldown_s = 2\ndown_limit_s = 6\n"
+        "crash_loop_cooldown_s = 1\ndown_limit_s = 15\n"
         f'\n[tools]\nmodules = ["{crasher}"]\n'
     )
     log = short_tmp / "loop.log"
@@ -243,21 +245,24 @@ def license_seen() -> str:
 '''
 
 
+@pytest.mark.parametrize("zygote", [True, False], ids=["zygote", "exec"])
 async def test_only_the_session_gets_the_license_and_embedded_port_0_is_resolved(
-    short_tmp: Path,
+    short_tmp: Path, zygote: bool
 ) -> None:
     from agent import topics
     from agent.config import load
     from agent.messages import SessionPhase, SessionState, ToolCall, ToolResult
     from tests.conftest import ipc_bus_settings
 
-    secret = "LEAST-PRIVILEGE-LICENSE-5d1e"
+    # "reject": the emulator refuses this license (agent.emulator.brain), so the session's
+    # failure proves the license reached it (without one it would use the demo license)
+    secret = "LEASTPRIV-reject-5d1e"
     module = short_tmp / "env_tool.py"
     module.write_text(ENV_TOOL)
     cfg = short_tmp / "env.toml"
     cfg.write_text(
         bus_toml(ipc_bus_settings(str(short_tmp)))
-        + "\n[supervisor]\nheartbeat_interval_s = 0.2\n"
+        + f"\n[supervisor]\nheartbeat_interval_s = 0.2\nzygote = {str(zygote).lower()}\n"
         # port 0: the supervisor picks the port; the session must connect to it, not to 80
         + "\n[emulator]\nembedded = true\nport = 0\nwebrtc = false\n"
         + "\n[session]\naudio_only = true\nhistory_enabled = false\n"
@@ -270,34 +275,37 @@ async def test_only_the_session_gets_the_license_and_embedded_port_0_is_resolved
         async with Bus(load(cfg).bus, "external") as bus:
             bus.subscribe("health.", topics.SESSION_STATE, topics.TOOL_RESULT)
             pids: dict[str, int] = {}
-            phase = None
+            state = None
             async with asyncio.timeout(60):
-                while len(pids) < 2 or phase is not SessionPhase.READY:
+                while len(pids) < 2 or state is None or state.phase is not SessionPhase.FAILED:
                     d = await bus.recv()
                     if isinstance(d.msg, Heartbeat) and d.msg.service in ("tools", "session"):
                         pids[d.msg.service] = d.msg.pid
                     elif isinstance(d.msg, SessionState):
-                        phase = d.msg.phase
+                        state = d.msg
                 # the tool reads its own process's environment; sent again until answered
                 answer = None
                 while answer is None:
-                    bus.publish(
-                        topics.TOOL_CALL,
-                        ToolCall(call_id="env", name="license_seen", arguments_json=""),
-                    )
+                    call = ToolCall(call_id="env", name="license_seen", arguments_json="")
+                    bus.publish(topics.TOOL_CALL, call)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(0.5):
                             while answer is None:
                                 d = await bus.recv()
                                 if isinstance(d.msg, ToolResult) and d.msg.call_id == "env":
                                     answer = d.msg
-        emulator = [p for p in children_of(proc.pid) if p not in pids.values()]
-        assert len(emulator) == 1
-        assert environ_of(pids["session"]).get("NAVTALK_LICENSE") == secret
-        assert "NAVTALK_LICENSE" not in environ_of(pids["tools"])
-        assert "NAVTALK_LICENSE" not in environ_of(emulator[0])
-        assert answer.ok and answer.output_json == '""', answer
-        for pid in (*pids.values(), *emulator):  # set up by the child itself (agent.lifeline)
+        assert "Invalid license" in state.detail, "the session used the license it was given"
+        zygotes = [p for p in children_of(proc.pid) if "agent.zygote" in cmdline_of(p)]
+        others = [p for p in descendants_of(proc.pid) if p not in pids.values()]
+        emulator = [p for p in others if p not in zygotes]
+        assert len(emulator) == 1 and len(zygotes) == (1 if zygote else 0), others
+        assert answer.ok and answer.output_json == '""', "a plugin cannot read the license"
+        for pid in (pids["tools"], *emulator, *zygotes):
+            assert "NAVTALK_LICENSE" not in environ_of(pid)
+            assert secret.encode() not in Path(f"/proc/{pid}/environ").read_bytes()  # noqa: ASYNC240
+        if not zygote:
+            assert environ_of(pids["session"]).get("NAVTALK_LICENSE") == secret
+        for pid in (*pids.values(), *emulator):  # each armed its own lifeline (agent.lifeline)
             assert environ_of(pid)["NAVTALK_PARENT_PID"] == str(proc.pid)
         assert stop(proc) == 0
     finally:
