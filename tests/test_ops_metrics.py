@@ -155,7 +155,8 @@ async def test_healthz_status_and_promtool_against_a_real_supervisor(short_tmp: 
     cfg = short_tmp / "sup.toml"
     cfg.write_text(
         bus_toml(ipc_bus_settings(str(short_tmp))) + f"\n[supervisor]\nmetrics_port = {port}\n"
-        "heartbeat_interval_s = 0.2\nheartbeat_timeout_s = 1.5\nrestart_initial_s = 0.5\n"
+        "heartbeat_interval_s = 0.2\nheartbeat_timeout_s = 1.5\nrestart_initial_s = 1.0\n"
+        "restart_stable_s = 120\n"  # not "at once": /healthz has a second to show the gap
         'stop_timeout_s = 3\n\n[tools]\ndisabled_builtins = ["take_photo"]\n'
     )
     base = f"http://127.0.0.1:{port}"
