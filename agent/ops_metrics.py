@@ -60,7 +60,7 @@ from agent.messages import (
 )
 
 __all__ = [
-    "SUPERVISOR_TOPICS",
+    "OBSERVED_TOPICS",
     "MetricsExporter",
     "bus_metrics_loop",
     "bus_values",
@@ -70,8 +70,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# What the supervisor subscribes to for these metrics, besides health.* and metrics.*.
-SUPERVISOR_TOPICS = (
+# What the supervisor reads for these metrics, besides health.* and metrics.*.
+OBSERVED_TOPICS = (
     topics.SESSION_STATE,
     topics.TOOL_CALL,
     topics.TOOL_RESULT,

@@ -39,7 +39,7 @@ from agent import topics
 from agent.bus import INTERNAL_PREFIX, Bus
 from agent.bus_stats import BurstLog
 from agent.config import Settings
-from agent.errors import BusError, MessageDecodeError
+from agent.errors import BusError, ConfigError, MessageDecodeError
 from agent.keys import READERS, WRITERS, ClientKeys, KeyRing, key_dir, load_server_secret
 from agent.messages import Message, Metrics, decode_envelope
 from agent.proxy import MAX_FRAME_BYTES, MAX_SUBSCRIPTION_BYTES
@@ -111,6 +111,11 @@ class Gateway:
         self.writers = KeyRing("writer", directory / WRITERS)
         self.read_endpoint = f"tcp://{self.remote.host}:{self.remote.read_port}"
         self.command_endpoint = f"tcp://{self.remote.host}:{self.remote.command_port}"
+        try:  # what writers may publish: declared, so the bus refuses anything else too
+            writes = (*self.remote.write_topics, f"metrics.{GATEWAY_SENDER}")
+            self._declared = topics.ServiceTopics(writes=writes)
+        except ValueError as exc:
+            raise ConfigError(f"remote.write_topics: {exc}") from exc
         self.ready = asyncio.Event()
         self.stats = GatewayStats()
         self._refusals = BurstLog(window_s=10.0)
@@ -125,6 +130,7 @@ class Gateway:
         auth.configure_curve_callback(WRITE_DOMAIN.decode(), self.writers)
         socks: list[zmq.asyncio.Socket] = []
         bus = Bus(self.settings.bus, GATEWAY_SENDER)
+        bus.declare(self._declared)
         try:
             xpub = self._server_socket(ctx, zmq.XPUB, READ_DOMAIN, MAX_SUBSCRIPTION_BYTES)
             socks.append(xpub)

@@ -33,6 +33,12 @@ from agent.ops_metrics import bus_metrics_loop
 
 log = logging.getLogger(__name__)
 
+# the runtime's own connection in every service process (the service declares its own)
+# metrics.<name>: the service bus's own counters (agent.ops_metrics.bus_metrics_loop)
+RUNTIME_TOPICS = topics.ServiceTopics(
+    reads=(topics.CONTROL_SHUTDOWN,), writes=(topics.HEALTH, topics.METRICS)
+)
+
 
 class ServiceMain(Protocol):
     def __call__(self, settings: Settings, bus: Bus) -> Coroutine[Any, Any, None]: ...
@@ -119,7 +125,7 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
         loop.add_signal_handler(signum, on_signal, signum)
 
     control = Bus(settings.bus, f"{name}.runtime")
-    control.subscribe(topics.CONTROL_SHUTDOWN)
+    control.declare(RUNTIME_TOPICS)
     bus = ServiceBus(settings.bus, name)
     # The service starts while the control bus connects (both wait for their probes).
     service: asyncio.Task[None] = asyncio.create_task(main(settings, bus), name=f"service-{name}")

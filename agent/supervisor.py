@@ -57,6 +57,13 @@ log = logging.getLogger(__name__)
 CONFIG_ERROR_EXIT = 2  # a child's configuration error (agent.errors.ConfigError): stop all
 DOWN_EXIT = 1  # a service stayed down past down_limit_s: let systemd restart the agent
 
+SUPERVISOR_TOPICS = topics.ServiceTopics(
+    # health and metrics, plus what its Prometheus endpoint counts (agent.ops_metrics)
+    reads=(topics.HEALTH, topics.METRICS, *ops_metrics.OBSERVED_TOPICS),
+    # health.supervisor; metrics.supervisor: the process table `navtalk-agent status` shows
+    writes=(topics.CONTROL_SHUTDOWN, topics.HEALTH, topics.METRICS),
+)
+
 
 class ChildPhase(enum.StrEnum):
     STARTING = "starting"  # spawned, no heartbeat yet
@@ -231,7 +238,7 @@ class Supervisor:
         self._proxy = Proxy(self.settings.bus)
         self._proxy.start()
         self._bus = Bus(self.settings.bus, topics.SUPERVISOR)
-        self._bus.subscribe("health.", "metrics.", *ops_metrics.SUPERVISOR_TOPICS)
+        self._bus.declare(SUPERVISOR_TOPICS)
         try:
             if self._sup.metrics_port:
                 self._metrics = ops_metrics.MetricsExporter(

@@ -24,6 +24,7 @@ from agent.errors import MessageDecodeError
 from agent.keys import ClientKeys
 from agent.logs import redact
 from agent.messages import decode_envelope
+from agent.proxy import MAX_FRAME_BYTES
 
 _MAX_STR = 80
 
@@ -118,6 +119,7 @@ async def tap(
     for ep in endpoints:
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max(MAX_FRAME_BYTES.values()))  # refused, not allocated
         if keys is not None and ep.startswith("tcp://"):
             keys.apply(sock)  # a remote gateway (agent.remote): CurveZMQ
         sock.connect(ep)

@@ -403,18 +403,27 @@ def _load_idle_image(path: str) -> Image | None:
     return np.asarray(image, dtype=np.uint8)
 
 
-SUBSCRIPTIONS = (
-    topics.WEBRTC_REMOTE_OFFER,
-    topics.WEBRTC_REMOTE_ANSWER,
-    topics.WEBRTC_REMOTE_ICE,
-    topics.SESSION_STATE,
-    topics.NAVTALK_CONNECTION,
-    topics.NAVTALK_TRANSCRIPT_USER,
-    topics.NAVTALK_TRANSCRIPT_ASSISTANT,
-    topics.NAVTALK_SPEECH,
-    topics.VAD_STATE,
-    topics.SPEAKER_STATE,
-    topics.CONTROL_BARGE_IN,
+TOPICS = topics.ServiceTopics(
+    reads=(
+        topics.WEBRTC_REMOTE_OFFER,
+        topics.WEBRTC_REMOTE_ANSWER,
+        topics.WEBRTC_REMOTE_ICE,
+        topics.SESSION_STATE,
+        topics.NAVTALK_CONNECTION,
+        topics.NAVTALK_TRANSCRIPT_USER,
+        topics.NAVTALK_TRANSCRIPT_ASSISTANT,
+        topics.NAVTALK_SPEECH,
+        topics.VAD_STATE,
+        topics.SPEAKER_STATE,
+        topics.CONTROL_BARGE_IN,
+    ),
+    writes=(
+        topics.WEBRTC_LOCAL_OFFER,
+        topics.WEBRTC_LOCAL_ANSWER,
+        topics.WEBRTC_LOCAL_ICE,
+        topics.AUDIO_OUT,
+        topics.VIDEO_STATS,
+    ),
 )
 
 
@@ -422,7 +431,7 @@ async def run(settings: Settings, bus: Bus, *, screen: Screen | None = None) -> 
     """Serve the display until cancelled. ``screen`` is built from settings when not given
     (and is opened and closed here either way)."""
     ds = settings.display
-    bus.subscribe(*SUBSCRIPTIONS)
+    bus.declare(TOPICS)
     await bus.start()
     if screen is None:
         screen = open_screen(ds)

@@ -40,13 +40,24 @@ log = logging.getLogger(__name__)
 
 METRICS_INTERVAL_S = 5.0
 
+TOPICS = topics.ServiceTopics(
+    reads=(
+        topics.AUDIO_OUT,
+        topics.NAVTALK_AUDIO_DELTA,
+        topics.CONTROL_BARGE_IN,
+        topics.CONTROL_VOLUME,
+    ),
+    writes=(topics.AUDIO_PLAYED, topics.SPEAKER_STATE, topics.METRICS),
+)
+
 
 async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None) -> None:
     """Play until cancelled. ``device`` is built from ``settings.speaker`` when not given (an
     injected device is started and closed here too)."""
     cfg = settings.speaker
     source_topic = topics.NAVTALK_AUDIO_DELTA if cfg.audio_only else topics.AUDIO_OUT
-    bus.subscribe(source_topic, topics.CONTROL_BARGE_IN, topics.CONTROL_VOLUME)
+    not_played = topics.AUDIO_OUT if cfg.audio_only else topics.NAVTALK_AUDIO_DELTA
+    bus.declare(TOPICS, without=(not_played,))
     await bus.start()
     playout = Playout(cfg, keep_idle=bool(cfg.record_path))
     wakeup = ThreadWakeup(asyncio.get_running_loop())
