@@ -274,3 +274,8 @@ def test_gateway_without_server_key_is_a_config_error(short_tmp: Path) -> None:
     with pytest.raises(ConfigError, match="keys generate server"):
         Gateway(settings)
     assert msgspec.structs.asdict(settings.remote)["media"] == []
+    keys = short_tmp / "k"
+    generate(keys, "server")
+    typo = RemoteSettings(keys_dir=str(keys), write_topics=["input.txt"])
+    with pytest.raises(ConfigError, match="remote.write_topics"):
+        Gateway(Settings(remote=typo))
