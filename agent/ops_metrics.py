@@ -20,8 +20,10 @@ on the bus.
     navtalk_agent_service_metric{service,name}         a service's own metrics.* values,
                                                        as reported (not a stable API)
 
-``/healthz``: 200 ``ok`` when every enabled process is in service and the session has not
-failed; else 503 and one line per problem. Any other path: 404.
+``/healthz``: 200 ``ok`` when every enabled process is in service and the session is where
+its policy wants it (live after autostart or ``session start``, for longer than a grace
+period of reconnecting; idle after ``session end``) and has not failed; else 503 and one
+line per problem. Any other path: 404.
 
 Each service's runtime publishes its bus counters as ``bus.*`` values of ``metrics.<name>``
 (:func:`bus_metrics_loop`), and the supervisor publishes ``metrics.supervisor`` with
@@ -38,7 +40,9 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
@@ -52,6 +56,7 @@ from agent.errors import SupervisorError
 from agent.messages import (
     BargeIn,
     Metrics,
+    SessionControl,
     SessionPhase,
     SessionState,
     ToolCall,
@@ -73,6 +78,7 @@ log = logging.getLogger(__name__)
 # What the supervisor reads for these metrics, besides health.* and metrics.*.
 OBSERVED_TOPICS = (
     topics.SESSION_STATE,
+    topics.CONTROL_SESSION,
     topics.TOOL_CALL,
     topics.TOOL_RESULT,
     topics.CONTROL_BARGE_IN,
@@ -82,6 +88,32 @@ MAX_PENDING_CALLS = 1024  # tool calls awaiting their result (oldest forgotten f
 MAX_SERIES = 256  # distinct (service, name) raw values exported
 TOOL_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LIVE_PHASES = {SessionPhase.CONNECTED, SessionPhase.CREATED, SessionPhase.READY}
+SESSION_GRACE_S = 30.0  # a wanted session may be (re)connecting this long and still be healthy
+
+
+@dataclass
+class SessionWish:
+    """Where the session should be (autostart, then the last control.session) against
+    where it is, for /healthz. No clock reads: pass ``now``."""
+
+    wants_live: bool
+    phase: SessionPhase | None = None
+    since: float = 0.0  # when the wish or the phase last changed
+
+    def wish(self, live: bool, now: float) -> None:
+        if live != self.wants_live:
+            self.wants_live, self.since = live, now
+
+    def state(self, phase: SessionPhase, now: float) -> None:
+        if phase is not self.phase:
+            self.phase, self.since = phase, now
+
+    def problem(self, now: float, grace_s: float = SESSION_GRACE_S) -> str | None:
+        if self.phase is SessionPhase.FAILED:
+            return "session: failed"
+        if self.wants_live and self.phase not in _LIVE_PHASES and now - self.since > grace_s:
+            return f"session: wanted live, {self.phase or 'no state'} for {now - self.since:.0f} s"
+        return None
 
 
 class ChildView(Protocol):
@@ -242,8 +274,18 @@ class _ScrapeTime(Collector):
 class MetricsExporter:
     """Serves /metrics and /healthz for the supervisor; fed with bus deliveries."""
 
-    def __init__(self, host: str, port: int, children: Callable[[], Iterable[ChildView]]):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        children: Callable[[], Iterable[ChildView]],
+        *,
+        session_autostart: bool | None = None,  # None: no session service is run
+    ):
         self.children = children
+        self.session = (
+            None if session_autostart is None else SessionWish(session_autostart, None, _now())
+        )
         self.session_phase: SessionPhase | None = None
         self.values: dict[tuple[str, str], float] = {}
         self._pending: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
@@ -287,10 +329,15 @@ class MetricsExporter:
                     self.values[key] = float(getattr(msg, name))
         elif isinstance(msg, SessionState):
             previous, self.session_phase = self.session_phase, msg.phase
+            if self.session is not None:
+                self.session.state(msg.phase, _now())
             if msg.phase is SessionPhase.CONNECTING and (
                 previous in _LIVE_PHASES or previous is SessionPhase.CLOSED
             ):
                 self.reconnects.inc()
+        elif isinstance(msg, SessionControl):
+            if self.session is not None:
+                self.session.wish(msg.action == "start", _now())
         elif isinstance(msg, BargeIn):
             self.barge_ins.inc()
         elif isinstance(msg, ToolCall):
@@ -312,7 +359,11 @@ class MetricsExporter:
         problems = [
             f"{c.name}: not in service ({c.phase})" for c in self.children() if not is_up(c)
         ]
-        if self.session_phase is SessionPhase.FAILED:
+        if self.session is not None:
+            problem = self.session.problem(_now())
+            if problem:
+                problems.append(problem)
+        elif self.session_phase is SessionPhase.FAILED:
             problems.append("session: failed")
         return problems
 
@@ -320,6 +371,10 @@ class MetricsExporter:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def _now() -> float:
+    return time.monotonic()
 
 
 def _serve(host: str, port: int, exporter: MetricsExporter) -> ThreadingHTTPServer:

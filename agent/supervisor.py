@@ -242,7 +242,12 @@ class Supervisor:
         try:
             if self._sup.metrics_port:
                 self._metrics = ops_metrics.MetricsExporter(
-                    self._sup.metrics_host, self._sup.metrics_port, self.children.values
+                    self._sup.metrics_host,
+                    self._sup.metrics_port,
+                    self.children.values,
+                    session_autostart=(
+                        self.settings.session.autostart if topics.SESSION in self.children else None
+                    ),
                 )
             await self._bus.start()
             if self._sup.zygote:

@@ -248,3 +248,20 @@ async def test_the_supervisor_runs_the_gateway_and_status_reads_through_it(
         if proc.poll() is None:
             proc.kill()
     assert "remote gateway up" in (short_tmp / "sup.log").read_text()
+
+
+def test_the_session_is_healthy_where_its_policy_wants_it() -> None:
+    from agent.ops_metrics import SessionWish
+
+    wish = SessionWish(wants_live=True, since=0.0)  # autostart
+    assert wish.problem(now=10.0) is None  # connecting: within the grace period
+    assert wish.problem(now=31.0) == "session: wanted live, no state for 31 s"
+    wish.state(SessionPhase.READY, now=31.0)
+    assert wish.problem(now=500.0) is None
+    wish.state(SessionPhase.CONNECTING, now=500.0)  # a drop: reconnecting
+    assert wish.problem(now=520.0) is None and wish.problem(now=531.0) is not None
+    wish.wish(False, now=531.0)  # session end: idle is where it should be
+    wish.state(SessionPhase.IDLE, now=532.0)
+    assert wish.problem(now=5000.0) is None
+    wish.state(SessionPhase.FAILED, now=5001.0)
+    assert wish.problem(now=5001.0) == "session: failed"
