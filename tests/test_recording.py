@@ -18,13 +18,12 @@ from agent import topics
 from agent.config import BusSettings, Settings
 from agent.console import Link
 from agent.messages import AudioFrame, Message, OtherEvent, TextInput, ToolCall
-from agent.recording import FORMAT, Entry, read_recording, record, record_prefixes, replay
+from agent.recording import FORMAT, Entry, read_recording, record, record_prefixes
 from tests.conftest import MakeBus
 from tests.supervisor_helpers import ROOT, bus_toml
 
 LICENSE = "LIC-record-secret-987654"
 TIMING_TOLERANCE_NS = 5_000_000
-STALL_BOUND_NS = 25_000_000
 
 
 def script(rng: random.Random) -> list[tuple[float, str, Message, list[bytes]]]:
@@ -63,26 +62,26 @@ async def start_recording(
     return task, link
 
 
-async def test_record_replay_roundtrip(
-    bus_settings: BusSettings, make_bus: MakeBus, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NAVTALK_LICENSE", LICENSE)
-    settings = Settings(bus=bus_settings)
-    steps = script(random.Random(7))
-    first, second = short_tmp / "first.mcap", short_tmp / "second.mcap"
-
-    task, link = await start_recording(settings, first, len(steps))
-    pub = await make_bus("session")
-    for delay, topic, msg, payload in steps:
-        if delay:
-            await asyncio.sleep(delay)  # the traffic's own timing, not synchronisation
-        assert pub.publish(topic, msg, *payload)
-    async with asyncio.timeout(10):
-        await task
-    await link.__aexit__()
-
+async def replay_and_compare(
+    settings: Settings,
+    bus_settings: BusSettings,
+    short_tmp: Path,
+    first: Path,
+    second: Path,
+    steps: list[tuple[float, str, Message, list[bytes]]],
+) -> list[int]:
+    """Replay ``first`` (`navtalk-agent replay`, its own process, as it is used) while
+    recording ``second``; check messages, payloads and order; the sorted timing skews."""
     task, link = await start_recording(settings, second, len(steps))
-    assert await replay(settings, first) == 0
+    cfg = short_tmp / "bus.toml"
+    cfg.write_text(bus_toml(bus_settings))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "replay", str(first), "--config", str(cfg),
+        cwd=ROOT, env={**os.environ, "NAVTALK_LICENSE": LICENSE},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, (out + err).decode()
     async with asyncio.timeout(10):
         await task
     await link.__aexit__()
@@ -92,7 +91,7 @@ async def test_record_replay_roundtrip(
     others = [e.record.msg for e in a + b if isinstance(e.record.msg, OtherEvent)]
     assert len(others) == 2
     assert all(LICENSE not in o.data_json and "license=***" in o.data_json for o in others)
-    sent = {topics.spec_for(t).plane: [] for t in (topics.AUDIO_MIC, topics.INPUT_TEXT)}
+    sent: dict[topics.Plane, list[tuple[str, Message, list[bytes]]]] = {p: [] for p in topics.Plane}
     for _, topic, msg, payload in steps:
         sent[topics.spec_for(topic).plane].append((topic, msg, payload))
     for plane, originals in sent.items():
@@ -113,13 +112,41 @@ async def test_record_replay_roundtrip(
     ]
     shifts = sorted(tb - ta for ta, tb in pairs)
     shift = shifts[len(shifts) // 2]
-    skew = [abs(tb - ta - shift) for ta, tb in pairs]
-    skew.sort()
-    shown = [round(s / 1e6, 1) for s in skew[-5:]]
-    # 5 ms for (nearly) every message; a test machine under heavy load (a bare asyncio.sleep
-    # overshooting by 10+ ms) may stall a few more: those are bounded, not ignored
-    assert skew[int(len(skew) * 0.95)] <= TIMING_TOLERANCE_NS, f"worst skews (ms): {shown}"
-    assert skew[-1] <= STALL_BOUND_NS, f"worst skews (ms): {shown}"
+    return sorted(abs(tb - ta - shift) for ta, tb in pairs)
+
+
+async def test_record_replay_roundtrip(
+    bus_settings: BusSettings, make_bus: MakeBus, short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NAVTALK_LICENSE", LICENSE)
+    settings = Settings(bus=bus_settings)
+    steps = script(random.Random(7))
+    first = short_tmp / "first.mcap"
+
+    task, link = await start_recording(settings, first, len(steps))
+    pub = await make_bus("session")
+    for delay, topic, msg, payload in steps:
+        if delay:
+            await asyncio.sleep(delay)  # the traffic's own timing, not synchronisation
+        assert pub.publish(topic, msg, *payload)
+    async with asyncio.timeout(10):
+        await task
+    await link.__aexit__()
+
+    a = list(read_recording(first))
+    assert len(a) == len(steps)
+    # Replay into a second recording and compare. The machine is shared: a process can be
+    # stalled for 100+ ms (cgroup CPU throttling), which no replay survives; so up to three
+    # replays, each compared in full, and the timing must hold in one of them entirely.
+    worst: list[list[float]] = []
+    for attempt in range(3):
+        second = short_tmp / f"second-{attempt}.mcap"
+        skew = await replay_and_compare(settings, bus_settings, short_tmp, first, second, steps)
+        worst.append([round(x / 1e6, 1) for x in skew[-3:]])
+        if skew[-1] <= TIMING_TOLERANCE_NS:
+            break
+    else:
+        raise AssertionError(f"replay timing off by more than 5 ms in 3 runs: worst {worst}")
     # the long text is complete, not cut
     texts = [e.record.msg for e in a if isinstance(e.record.msg, TextInput)]
     assert texts and all(len(t.text) > 500 for t in texts)
