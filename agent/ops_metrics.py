@@ -289,6 +289,7 @@ class MetricsExporter:
         self.session_phase: SessionPhase | None = None
         self.values: dict[tuple[str, str], float] = {}
         self._pending: collections.OrderedDict[str, tuple[str, int]] = collections.OrderedDict()
+        self._answered: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.registry = prom.CollectorRegistry()
         self.registry.register(_ScrapeTime(self))
         self.reconnects = prom.Counter(
@@ -345,6 +346,12 @@ class MetricsExporter:
             while len(self._pending) > MAX_PENDING_CALLS:
                 self._pending.popitem(last=False)
         elif isinstance(msg, ToolResult):
+            if msg.call_id in self._answered:
+                return  # a second result for one call (the session's own timeout, then the
+                # tools process's late one): the model got the first, that is the outcome
+            self._answered[msg.call_id] = None
+            while len(self._answered) > MAX_PENDING_CALLS:
+                self._answered.popitem(last=False)
             outcome = "ok" if msg.ok else (msg.error.category.value if msg.error else "error")
             started = self._pending.pop(msg.call_id, None)
             name = started[0] if started else msg.name

@@ -88,6 +88,7 @@ def test_exporter_names_units_and_health() -> None:
         x.observe(d(ToolResult(call_id="a", name="lights", ok=True), 1_250_000_000))
         err = ErrorInfo(category=ErrorCategory.TIMEOUT, message="slow")
         x.observe(d(ToolResult(call_id="b", name="lights", ok=False, error=err)))
+        x.observe(d(ToolResult(call_id="b", name="lights", ok=True)))  # late: not counted
         x.observe(d(BargeIn()))
         for phase in ("connecting", "ready", "connecting", "ready"):
             x.observe(d(SessionState(phase=SessionPhase(phase))))
