@@ -11,6 +11,8 @@
     navtalk-agent history clear [--config FILE]        forget the stored conversation
     navtalk-agent config check FILE | show [--config FILE]
     navtalk-agent install systemd [--user] [--profile kiosk|robot] [--dry-run] [--prefix DIR]
+    navtalk-agent gateway | keys | record | replay | topics | say | session | tools | status
+                                                       operating from afar: see agent.ops_cli
 
 Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import msgspec
 
-from agent import __version__, topics
+from agent import __version__, ops_cli, topics
 from agent.config import Settings, load
 from agent.errors import ConfigError, NavtalkAgentError
 from agent.lifeline import die_with_parent
@@ -97,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--count", type=int, default=0, metavar="N", help="stop after N messages")
     p.add_argument("--duration", type=float, default=0.0, metavar="S", help="stop after S s")
+    ops_cli.add_key_args(p)
     _add_config(p)
+
+    ops_cli.add_parsers(sub, _add_config)
 
     p = sub.add_parser("emulator", help="run the local NavTalk emulator")
     _add_config(p)
@@ -199,7 +204,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             as_json=args.json,
             count=args.count,
             duration_s=args.duration,
+            keys=ops_cli.client_keys(args),
         )
+    if cmd in ops_cli.COMMANDS and cmd not in ops_cli.LOGGED:
+        return ops_cli.dispatch(args, settings)
     process = {"service": getattr(args, "name", ""), "run": "supervisor"}.get(cmd, cmd)
     setup_logging(settings.log, process, verbose=args.verbose)
     if cmd == "run":
@@ -228,6 +236,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(f"navtalk-agent: the emulator is not available: {missing}", file=sys.stderr)
             return 1
         return _emulator(args, settings)
+    if cmd in ops_cli.COMMANDS:
+        return ops_cli.dispatch(args, settings)
     if cmd == "history":
         from services.session import clear_history
 

@@ -30,6 +30,7 @@ from agent.navtalk.settings import (
     NavTalkSettings,
     SessionSettings,
 )
+from agent.remote_settings import RemoteSettings
 from agent.tools.settings import ToolsSettings
 from agent.video.settings import CameraSettings, DisplaySettings
 
@@ -161,6 +162,7 @@ class Settings(_Section, frozen=True, kw_only=True):
     display: DisplaySettings = DisplaySettings()
     camera: CameraSettings = CameraSettings()
     tools: ToolsSettings = ToolsSettings()
+    remote: RemoteSettings = RemoteSettings()
     # The file these settings came from ("" = built-in defaults). Set by load(); not a TOML key.
     source: str = ""
 

@@ -68,6 +68,10 @@ DEFAULT_CONFIG = ROOT / "config" / "emulator.toml" if CHECKOUT else profile_path
 # the avatar's answer, except before the barge-in line, which starts while it still talks.
 GUEST_TIMELINE: tuple[float, ...] = (8.0, 16.0, 25.5, 39.5, 45.0, 55.0)
 TAIL_SILENCE_S = 12.0
+# Another script (--script) has no hand-tuned timeline: the guest's first line starts after
+# the lead-in, each next one this long after the previous one ended (the avatar's answer).
+LEAD_IN_S = 8.0
+ANSWER_ALLOWANCE_S = 7.0
 
 
 @dataclass
@@ -103,14 +107,32 @@ def script_lines(script_path: Path) -> list[str]:
     return list(hears)
 
 
+def paced_starts(durations_s: Sequence[float]) -> list[float]:
+    """Start times for lines of these lengths: after the lead-in, then one answer apart."""
+    starts, t = [], LEAD_IN_S
+    for d in durations_s:
+        starts.append(round(t, 3))
+        t += d + ANSWER_ALLOWANCE_S
+    return starts
+
+
 async def write_guest_wav(
-    path: Path, lines: Sequence[str], starts_s: Sequence[float], *, tail_s: float = TAIL_SILENCE_S
+    path: Path,
+    lines: Sequence[str],
+    starts_s: Sequence[float] | None,
+    *,
+    tail_s: float = TAIL_SILENCE_S,
 ) -> list[tuple[float, float]]:
-    """Speak each line at its start time into one 24 kHz mono WAV; returns (start, end) s."""
-    if len(lines) != len(starts_s):
+    """Speak each line at its start time into one 24 kHz mono WAV; returns (start, end) s.
+    ``starts_s`` None: :func:`paced_starts` (any number of lines)."""
+    if not lines:
+        raise ValueError("the script has no guest lines (`hears` is empty)")
+    if starts_s is not None and len(lines) != len(starts_s):
         raise ValueError(f"{len(lines)} guest lines but {len(starts_s)} start times")
     tts = Tts()
     clips = [np.frombuffer(await tts.synthesize(t), dtype="<i2") for t in lines]
+    if starts_s is None:
+        starts_s = paced_starts([len(c) / OUT_RATE_HZ for c in clips])
     spans = [(s, s + len(c) / OUT_RATE_HZ) for s, c in zip(starts_s, clips, strict=True)]
     total = int((spans[-1][1] + tail_s) * OUT_RATE_HZ)
     pcm = np.zeros(total, dtype="<i2")
@@ -296,14 +318,18 @@ async def run_demo(
     window: bool = False,
     timeout_s: float = 100.0,
     live: bool | None = None,
-    starts_s: Sequence[float] = GUEST_TIMELINE,
+    starts_s: Sequence[float] | None = None,
     script: Path | None = None,
     extra_overrides: Sequence[str] = (),
 ) -> int:
     outputs = Outputs.under(await asyncio.to_thread(out.resolve))
     lines = await asyncio.to_thread(_prepare, outputs, config, script)
     print(f"demo: synthesizing the guest's {len(lines)} lines with espeak-ng ...", flush=True)
-    spans = await write_guest_wav(outputs.guest_wav, lines, starts_s[: len(lines)])
+    if starts_s is None and script is None:
+        starts_s = GUEST_TIMELINE  # tuned by hand for the built-in script (with its barge-in)
+    elif starts_s is not None:
+        starts_s = starts_s[: len(lines)]
+    spans = await write_guest_wav(outputs.guest_wav, lines, starts_s)
     overrides = [
         *packaged_path_overrides(config, ROOT),  # outside a checkout: the shipped script
         *overrides_for(outputs, window=window, script=script),
@@ -360,6 +386,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--window", action="store_true", help="show the real avatar window")
     parser.add_argument("--timeout", type=float, default=100.0, help="give up after S seconds")
     parser.add_argument("--plain", action="store_true", help="plain log lines, no live view")
+    parser.add_argument(
+        "--script", type=Path, help="the emulator script (its `hears`: the guest's lines)"
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one setting of the agent, e.g. --set speaker.volume=0.5 (repeatable)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     return asyncio.run(
         run_demo(
@@ -368,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             window=args.window,
             timeout_s=args.timeout,
             live=False if args.plain else None,
+            script=args.script.resolve() if args.script else None,
+            extra_overrides=args.overrides,
         )
     )
 

@@ -29,11 +29,15 @@ from agent.bus import Bus
 from agent.config import Settings
 from agent.errors import ConfigError
 from agent.messages import HealthStatus, Heartbeat, Shutdown
+from agent.ops_metrics import bus_metrics_loop
 
 log = logging.getLogger(__name__)
 
 # the runtime's own connection in every service process (the service declares its own)
-RUNTIME_TOPICS = topics.ServiceTopics(reads=(topics.CONTROL_SHUTDOWN,), writes=(topics.HEALTH,))
+# metrics.<name>: the service bus's own counters (agent.ops_metrics.bus_metrics_loop)
+RUNTIME_TOPICS = topics.ServiceTopics(
+    reads=(topics.CONTROL_SHUTDOWN,), writes=(topics.HEALTH, topics.METRICS)
+)
 
 
 class ServiceMain(Protocol):
@@ -138,6 +142,8 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
         heartbeat_loop(control, name, settings.supervisor.heartbeat_interval_s, ready=bus.ready),
         name="heartbeat",
     )
+    interval = settings.supervisor.heartbeat_interval_s * 5
+    counters = asyncio.create_task(bus_metrics_loop(control, name, bus, interval), name="bus-stats")
     shutdown = asyncio.create_task(_wait_shutdown(control), name="shutdown-listener")
     stopper = asyncio.create_task(stop.wait(), name="signal-wait")
     log.info("= %s started (pid %d)", name, os.getpid())
@@ -160,7 +166,7 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
             reason = shutdown.result() if shutdown in done else ", ".join(stop_reason)
             log.info("= %s stopping (%s)", name, reason)
     finally:
-        tasks: tuple[asyncio.Task[Any], ...] = (service, beats, shutdown, stopper)
+        tasks: tuple[asyncio.Task[Any], ...] = (service, beats, counters, shutdown, stopper)
         for task in tasks:
             task.cancel()
         budget = settings.supervisor.stop_timeout_s * 0.75

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import functools
 import logging
 import os
 import signal
@@ -36,18 +35,18 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Coroutine, Iterable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
 
-from agent import systemd, topics
+from agent import ops_metrics, systemd, topics
 from agent.bus import Bus, Proxy
 from agent.config import Settings, SupervisorSettings
 from agent.errors import SupervisorError
 from agent.lifeline import PARENT_ENV
-from agent.messages import HealthStatus, Heartbeat, Metrics, Shutdown, VideoStats
+from agent.messages import HealthStatus, Heartbeat, Shutdown
 from agent.navtalk.settings import LICENSE_ENV
 from agent.preflight import services_to_run
 from agent.runtime import heartbeat_loop
@@ -59,8 +58,10 @@ CONFIG_ERROR_EXIT = 2  # a child's configuration error (agent.errors.ConfigError
 DOWN_EXIT = 1  # a service stayed down past down_limit_s: let systemd restart the agent
 
 SUPERVISOR_TOPICS = topics.ServiceTopics(
-    reads=(topics.HEALTH, topics.METRICS, topics.VIDEO_STATS),
-    writes=(topics.CONTROL_SHUTDOWN, topics.HEALTH),  # health.supervisor
+    # health and metrics, plus what its Prometheus endpoint counts (agent.ops_metrics)
+    reads=(topics.HEALTH, topics.METRICS, *ops_metrics.OBSERVED_TOPICS),
+    # health.supervisor; metrics.supervisor: the process table `navtalk-agent status` shows
+    writes=(topics.CONTROL_SHUTDOWN, topics.HEALTH, topics.METRICS),
 )
 
 
@@ -193,7 +194,7 @@ class Supervisor:
         self._proxy: Proxy | None = None
         self.systemd = systemd.Notifier(env)  # Type=notify: READY=1, WATCHDOG=1
         self._bus: Bus | None = None
-        self._metrics: _MetricsExporter | None = None
+        self._metrics: ops_metrics.MetricsExporter | None = None
         self._zygote: Zygote | None = None
         if settings.emulator.embedded and settings.emulator.port == 0:
             # "any free port": chosen here, once, so the session knows where to connect
@@ -217,6 +218,13 @@ class Supervisor:
                 cores=list(self._sup.cpu_affinity.get(name, [])),
                 heartbeats=name != "emulator",
             )
+        if settings.remote.enabled:  # the CurveZMQ remote gateway (agent.remote)
+            self.children["gateway"] = Child(
+                "gateway",
+                ["gateway", *self._config_args],
+                RestartPolicy.from_settings(self._sup),
+                heartbeats=False,
+            )
 
     def stop(self, reason: str, code: int = 0) -> None:
         if not self._stopping.is_set():
@@ -234,8 +242,13 @@ class Supervisor:
         self._bus.declare(SUPERVISOR_TOPICS)
         try:
             if self._sup.metrics_port:
-                self._metrics = _MetricsExporter(
-                    self._sup.metrics_host, self._sup.metrics_port, self.children.values()
+                self._metrics = ops_metrics.MetricsExporter(
+                    self._sup.metrics_host,
+                    self._sup.metrics_port,
+                    self.children.values,
+                    session_autostart=(
+                        self.settings.session.autostart if topics.SESSION in self.children else None
+                    ),
                 )
             await self._bus.start()
             if self._sup.zygote:
@@ -250,6 +263,10 @@ class Supervisor:
                 self._bus, topics.SUPERVISOR, self._sup.heartbeat_interval_s, self._health
             )
             self._spawn_task(beat, "heartbeat")
+            table = ops_metrics.children_loop(
+                self._bus, self.children.values, self._sup.heartbeat_interval_s
+            )
+            self._spawn_task(table, "process-table")  # metrics.supervisor: `status` reads it
             await self._stopping.wait()
             log.info("= stopping everything (%s)", self._stop_reason)
         finally:
@@ -400,7 +417,7 @@ class Supervisor:
                             )
                         child.down_since = None
             if self._metrics is not None:
-                self._metrics.observe(d.msg)
+                self._metrics.observe(d)
             self._systemd_up()
 
     async def _watchdog(self) -> None:
@@ -500,56 +517,6 @@ def _free_port(host: str) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host or "127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _is_running(child: Child) -> float:
-    return 1.0 if child.phase is ChildPhase.RUNNING else 0.0
-
-
-def _restarts(child: Child) -> float:
-    return float(child.restarts)
-
-
-class _MetricsExporter:
-    """Prometheus endpoint: child state and restarts, plus every ``metrics.*`` value."""
-
-    def __init__(self, host: str, port: int, children: Iterable[Child]):
-        import prometheus_client as prom
-
-        self._registry = prom.CollectorRegistry()
-        self.up = prom.Gauge(
-            "navtalk_agent_up", "1 when the process sends heartbeats", ["service"],
-            registry=self._registry,
-        )  # fmt: skip
-        self.restarts = prom.Gauge(
-            "navtalk_agent_restarts", "restarts since start", ["service"], registry=self._registry
-        )
-        self.value = prom.Gauge(
-            "navtalk_agent_metric", "a service's own metric", ["service", "name"],
-            registry=self._registry,
-        )  # fmt: skip
-        for child in children:  # read when scraped, not kept up to date by hand
-            self.up.labels(child.name).set_function(functools.partial(_is_running, child))
-            self.restarts.labels(child.name).set_function(functools.partial(_restarts, child))
-        try:
-            self._server, self._thread = prom.start_http_server(port, host, registry=self._registry)
-        except OSError as exc:
-            raise SupervisorError(
-                f"cannot serve metrics on {host}:{port} ({exc.strerror}); "
-                "set [supervisor] metrics_port to a free port, or 0 for none"
-            ) from exc
-        log.info("= metrics on http://%s:%d/metrics", host, port)
-
-    def observe(self, msg: object) -> None:
-        if isinstance(msg, Metrics):
-            for name, v in msg.values.items():
-                self.value.labels(msg.service, name).set(v)
-        elif isinstance(msg, VideoStats):
-            for name in ("frames_received", "frames_rendered", "frames_dropped"):
-                self.value.labels("display", name).set(getattr(msg, name))
-
-    def close(self) -> None:
-        self._server.shutdown()
 
 
 def run_proxy_forever(settings: Settings) -> None:

@@ -2,7 +2,7 @@
 
 A tap is read-only: plain SUB sockets on the proxies' subscribe endpoints
 (local ``ipc://`` or a remote board's ``tcp://``). Payload frames are shown as
-sizes, never as content; long strings (SDP, JSON) are cut; the license is
+sizes, never as content; long strings (SDP, JSON) are cut (not with ``--json``); the license is
 redacted; a sequence gap per (sender, topic) is flagged with ``GAP``.
 """
 
@@ -21,6 +21,7 @@ import zmq.asyncio
 
 from agent.bus import INTERNAL_PREFIX
 from agent.errors import MessageDecodeError
+from agent.keys import ClientKeys
 from agent.logs import redact
 from agent.messages import decode_envelope
 from agent.proxy import MAX_FRAME_BYTES
@@ -36,6 +37,16 @@ def _shorten(value: Any) -> Any:
         return {k: _shorten(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_shorten(v) for v in value[:8]] + (["…"] if len(value) > 8 else [])
+    return value
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
     return value
 
 
@@ -64,7 +75,8 @@ class TapPrinter:
         gap = env.seq - last - 1 if last is not None and env.seq > last + 1 else 0
         self.gaps += gap
         self._last[key] = env.seq
-        body = _shorten(msgspec.to_builtins(env.msg))
+        builtins = msgspec.to_builtins(env.msg)
+        body = _redacted(builtins) if self.as_json else _shorten(builtins)  # --json: uncut
         kind = body.pop("kind", type(env.msg).__name__)
         sizes = [len(f) for f in frames[2:]]
         age_ms = (now_mono_ns - env.mono_ns) / 1e6
@@ -98,6 +110,7 @@ async def tap(
     as_json: bool = False,
     count: int = 0,
     duration_s: float = 0.0,
+    keys: ClientKeys | None = None,
 ) -> int:
     """Print messages until ``count`` were printed, ``duration_s`` passed, or cancelled."""
     ctx = zmq.asyncio.Context.instance()
@@ -107,6 +120,8 @@ async def tap(
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, max(MAX_FRAME_BYTES.values()))  # refused, not allocated
+        if keys is not None and ep.startswith("tcp://"):
+            keys.apply(sock)  # a remote gateway (agent.remote): CurveZMQ
         sock.connect(ep)
         for p in prefixes or [""]:
             sock.setsockopt(zmq.SUBSCRIBE, p.encode())
@@ -148,9 +163,18 @@ def run_tap(
     as_json: bool,
     count: int,
     duration_s: float,
+    keys: ClientKeys | None = None,
 ) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(
-            tap(endpoints, prefixes, out, as_json=as_json, count=count, duration_s=duration_s)
+            tap(
+                endpoints,
+                prefixes,
+                out,
+                as_json=as_json,
+                count=count,
+                duration_s=duration_s,
+                keys=keys,
+            )  # fmt: skip
         )
     return 0

@@ -3,6 +3,7 @@
 # PortAudio (sounddevice), PulseAudio + ALSA plugins (virtual audio for tests),
 # Xvfb + openbox (virtual screen), OpenCV's system libraries, espeak-ng + sox (test speech),
 # systemd (systemd-analyze checks the units in tests/test_systemd_units.py).
+# prometheus (its promtool checks the supervisor's /metrics in tests/test_ops_metrics.py).
 set -euo pipefail
 PKGS=(
   libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
@@ -11,6 +12,7 @@ PKGS=(
   libxcb-randr0 libxcb-render0 libxcb-shm0 libxcb-xfixes0
   espeak-ng sox ffmpeg
   systemd
+  prometheus
 )
 missing=()
 for p in "${PKGS[@]}"; do

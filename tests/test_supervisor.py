@@ -102,7 +102,7 @@ async def test_sigkilled_child_is_restarted_and_sigterm_leaves_no_orphan(
             url = f"http://127.0.0.1:{metrics_port}/metrics"
             text = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
             assert 'navtalk_agent_up{service="tools"} 1.0' in text
-            assert 'navtalk_agent_restarts{service="tools"} 2.0' in text
+            assert 'navtalk_agent_restarts_total{service="tools"} 2.0' in text
         t0 = time.monotonic()
         assert stop(proc) == 0
         assert time.monotonic() - t0 < 6, "clean stop within a few seconds"

@@ -40,7 +40,8 @@ def test_known_edges_come_from_the_services() -> None:
     # spot checks that the graph is the services' own: each edge here is a subscription
     # or a publish in services/
     assert GRAPH[topics.AUDIO_MIC] == ({"mic"}, {"session"})
-    assert GRAPH[topics.TOOL_CALL] == ({"session"}, {"tools"})
+    # (the supervisor reads calls and results for its tool-call metrics: agent.ops_metrics)
+    assert GRAPH[topics.TOOL_CALL] == ({"session"}, {"tools", "supervisor"})
     assert GRAPH[topics.HEALTH] == ({"runtime", "supervisor"}, {"supervisor", "session"})
     # nobody in the agent reads navtalk.audio.done: it is offered to integrators only
     assert GRAPH[topics.NAVTALK_AUDIO_DONE][1] == {topics.EXTERNAL}
