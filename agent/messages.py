@@ -193,6 +193,9 @@ class SdpMessage(Message, frozen=True, kw_only=True, tag=True):
     sdp_type: Literal["offer", "answer"]
     sdp: str
     ice_servers: list[IceServer] = []  # filled by the session on remote offers
+    # The session's id of the NavTalk socket connection this belongs to (new on every connect);
+    # the display copies it into its answer and candidates. "" = unknown (older senders).
+    connection_id: str = ""
 
 
 class IceCandidate(Message, frozen=True, kw_only=True, tag=True):
@@ -201,6 +204,7 @@ class IceCandidate(Message, frozen=True, kw_only=True, tag=True):
     candidate: str
     sdp_mid: str | None = None
     sdp_mline_index: int | None = None
+    connection_id: str = ""  # as SdpMessage.connection_id
 
 
 # --- tools -----------------------------------------------------------------------------------
@@ -281,6 +285,9 @@ class SessionState(Message, frozen=True, kw_only=True, tag=True):
     session_id: str | None = None
     ice_servers: list[IceServer] = []
     retry_in_ms: int | None = None
+    # The current NavTalk socket connection (as SdpMessage.connection_id), "" when none: a
+    # display that starts mid-session stamps its own offer with it.
+    connection_id: str = ""
 
 
 class BargeIn(Message, frozen=True, kw_only=True, tag=True):

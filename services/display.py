@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import av
+import msgspec
 import numpy as np
 
 from agent import topics
@@ -57,12 +58,19 @@ from agent.messages import (
     VideoStats,
 )
 from agent.video.compose import Composer, DisplayModel, Image, Overlay
-from agent.video.negotiation import Action, NegotiationPolicy
+from agent.video.ice import ice_host
+from agent.video.negotiation import (
+    Action,
+    CandidateVerdict,
+    NegotiationPolicy,
+    OfferVerdict,
+    RemoteSignals,
+)
 from agent.video.peer import DisplayPeer
 from agent.video.settings import DisplaySettings
 from hardware.screen import NullScreen, Screen, open_screen
 
-__all__ = ["LIVE_PHASES", "run"]
+__all__ = ["LIVE_PHASES", "navtalk_url", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +87,14 @@ class _Pending:
 
 
 class _Display:
-    def __init__(self, ds: DisplaySettings, bus: Bus, screen: Screen) -> None:
+    def __init__(self, ds: DisplaySettings, bus: Bus, screen: Screen, ice_host: str) -> None:
         self.ds = ds
         self.bus = bus
         self.screen = screen
         self.model = DisplayModel(ds.caption_hold_s)
         self.policy = NegotiationPolicy(ds.renegotiation_timeout_s)
+        self.signals = RemoteSignals()
+        self._negotiating = asyncio.Lock()  # one negotiation step on the peer at a time
         self.composer = Composer(
             ds.width,
             ds.height,
@@ -93,7 +103,7 @@ class _Display:
             badge=ds.badge,
             idle_image=_load_idle_image(ds.idle_image),
         )
-        self.peer = DisplayPeer(ds.webrtc_host, self._on_frame, self._on_state)
+        self.peer = DisplayPeer(ice_host, self._on_frame, self._on_state)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="screen")
         # voice waiting for the screen worker: at most 2 s of 20 ms frames
         self._audio_pending: collections.deque[tuple[bytes, int, int, float]] = collections.deque(
@@ -293,29 +303,49 @@ class _Display:
         task.add_done_callback(self._tasks.remove)
 
     async def _offer(self, why: str) -> None:
-        now = time.monotonic()
-        self.policy.on_offer_sent(now)  # also when it fails: the timeout paces the retries
-        self._video_lost(now)
-        try:
-            offer = await self.peer.offer(self.ice_servers)
-        except Exception:
-            log.exception("cannot make an offer")
-            return
-        log.info("> webrtc.local.offer (%s), generation %d", why, self.peer.generation)
-        self.bus.publish(topics.WEBRTC_LOCAL_OFFER, offer)
-        self._trickle()
+        async with self._negotiating:
+            # Never while a server offer is being answered (it wins; checked again below, as
+            # one may arrive while ours is being built).
+            if not self.policy.may_offer:
+                return
+            now = time.monotonic()
+            self.policy.on_offer_sent(now)  # also when it fails: the timeout paces the retries
+            self._video_lost(now)
+            connection_id = self.signals.current
+            self.signals.negotiating(connection_id)
+            try:
+                offer = await self.peer.offer(self.ice_servers)
+            except Exception:
+                log.exception("cannot make an offer")
+                return
+            if not self.policy.may_offer:
+                log.info("= our offer is dropped: a server offer came meanwhile")
+                return
+            log.info(
+                "> webrtc.local.offer (%s), connection %s, generation %d",
+                why,
+                connection_id or "?",
+                self.peer.generation,
+            )
+            self.bus.publish(
+                topics.WEBRTC_LOCAL_OFFER,
+                msgspec.structs.replace(offer, connection_id=connection_id),
+            )
+            self._trickle(connection_id)
 
     def _video_lost(self, now: float) -> None:
         """No video on screen until the next connection delivers some."""
         self.model.on_video(False, now)
         self._video_generation = 0
 
-    def _trickle(self) -> None:
+    def _trickle(self, connection_id: str) -> None:
         if not self.ds.trickle_local_ice:
             return
         candidates = self.peer.local_candidates()
         for c in candidates:
-            self.bus.publish(topics.WEBRTC_LOCAL_ICE, c)
+            self.bus.publish(
+                topics.WEBRTC_LOCAL_ICE, msgspec.structs.replace(c, connection_id=connection_id)
+            )
         log.info("> webrtc.local.ice x%d", len(candidates))
 
     async def tick_loop(self) -> None:
@@ -327,20 +357,23 @@ class _Display:
     async def handle(self, d: Delivery) -> None:
         msg, now = d.msg, time.monotonic()
         if isinstance(msg, SdpMessage) and d.topic == topics.WEBRTC_REMOTE_OFFER:
-            log.info("< webrtc.remote.offer (%d bytes)", len(msg.sdp))
-            self._video_lost(now)
-            answer = await self.peer.answer(msg, msg.ice_servers or self.ice_servers)
-            self.policy.on_remote_offer(time.monotonic())
-            self.bus.publish(topics.WEBRTC_LOCAL_ANSWER, answer)
-            log.info("> webrtc.local.answer, generation %d", self.peer.generation)
-            self._trickle()
+            await self._answer(msg, now)
         elif isinstance(msg, SdpMessage) and d.topic == topics.WEBRTC_REMOTE_ANSWER:
-            log.info("< webrtc.remote.answer")
-            if await self.peer.accept_answer(msg):
-                self.policy.on_answer(time.monotonic())
+            log.info("< webrtc.remote.answer, connection %s", msg.connection_id or "?")
+            if not self.signals.answer_matches(msg.connection_id):
+                log.info("= answer ignored: not for our offer's connection")
+                return
+            async with self._negotiating:
+                if await self.peer.accept_answer(msg):
+                    self.policy.on_answer(time.monotonic())
         elif isinstance(msg, IceCandidate):
-            await self.peer.add_candidate(msg)
+            verdict = self.signals.candidate(msg)
+            if verdict is CandidateVerdict.ADD:
+                async with self._negotiating:
+                    await self.peer.add_candidate(msg)
         elif isinstance(msg, SessionState):
+            if msg.phase in LIVE_PHASES:
+                self.signals.on_session(msg.connection_id)
             if msg.ice_servers:
                 self.ice_servers = list(msg.ice_servers)
             live = msg.phase in LIVE_PHASES
@@ -364,6 +397,36 @@ class _Display:
             self.model.on_speaker(msg.playing, now)
         elif isinstance(msg, BargeIn):
             self.model.on_barge_in(now)
+
+    async def _answer(self, offer: SdpMessage, received: float) -> None:
+        cid = offer.connection_id
+        verdict = self.signals.offer(cid, offer.sdp)
+        if verdict is not OfferVerdict.ANSWER:
+            log.info("< webrtc.remote.offer of connection %s ignored: %s", cid or "?", verdict)
+            return
+        log.info("< webrtc.remote.offer (%d bytes), connection %s", len(offer.sdp), cid or "?")
+        self.policy.on_remote_offer_received()
+        async with self._negotiating:
+            self._video_lost(time.monotonic())
+            held = self.signals.negotiating(cid)
+            try:
+                answer = await self.peer.answer(offer, offer.ice_servers or self.ice_servers)
+            except Exception:
+                self.policy.on_answer_failed(time.monotonic())
+                raise
+            for c in held:
+                await self.peer.add_candidate(c)
+            self.policy.on_remote_offer(time.monotonic())
+            self.bus.publish(
+                topics.WEBRTC_LOCAL_ANSWER, msgspec.structs.replace(answer, connection_id=cid)
+            )
+            log.info(
+                "> webrtc.local.answer, connection %s, generation %d, %.0f ms after the offer",
+                cid or "?",
+                self.peer.generation,
+                (time.monotonic() - received) * 1000,
+            )
+            self._trickle(cid)
 
     async def message_loop(self) -> None:
         async for d in self.bus:
@@ -391,6 +454,16 @@ class _Display:
                 self.screen.close()
             except Exception:
                 log.exception("closing the screen failed")
+
+
+def navtalk_url(settings: Settings) -> str:
+    """The URL the session connects to (as services.session.effective_url, without importing
+    the session's WebSocket stack into this process)."""
+    emu = settings.emulator
+    if emu.embedded:
+        host = "127.0.0.1" if emu.host in ("0.0.0.0", "") else emu.host
+        return f"ws://{host}:{emu.port}/"
+    return settings.navtalk.url
 
 
 def _load_idle_image(path: str) -> Image | None:
@@ -422,11 +495,13 @@ async def run(settings: Settings, bus: Bus, *, screen: Screen | None = None) -> 
     """Serve the display until cancelled. ``screen`` is built from settings when not given
     (and is opened and closed here either way)."""
     ds = settings.display
+    host = ice_host(ds.webrtc_host, navtalk_url(settings))  # ConfigError: nothing could connect
+    log.info("= ICE host candidates on %s", host or "every interface")
     bus.subscribe(*SUBSCRIPTIONS)
     await bus.start()
     if screen is None:
         screen = open_screen(ds)
-    display = _Display(ds, bus, screen)
+    display = _Display(ds, bus, screen, host)
     try:
         await display.screen_call(screen.open)
     except DeviceError as exc:

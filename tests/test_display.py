@@ -31,7 +31,8 @@ from agent.messages import (
     SessionState,
     VideoStats,
 )
-from agent.video.peer import restrict_ice_host, sdp_candidate_addresses
+from agent.navtalk.settings import NavTalkSettings
+from agent.video.peer import filter_sdp_candidates, restrict_ice_host, sdp_candidate_addresses
 from agent.video.settings import DisplaySettings
 from hardware.screen import FileScreen, NullScreen, Screen
 from services import display
@@ -49,7 +50,9 @@ def settings_for(bus: BusSettings, **display_kw: object) -> Settings:
         renegotiation_timeout_s=4.0,
         **display_kw,  # type: ignore[arg-type]
     )
-    return msgspec.structs.replace(default_settings(), bus=bus, display=ds)
+    # NavTalk on loopback: webrtc_host "auto" keeps ICE on loopback (agent.video.ice)
+    navtalk = NavTalkSettings(url="ws://127.0.0.1:9/wss/v2/realtime-chat")
+    return msgspec.structs.replace(default_settings(), bus=bus, display=ds, navtalk=navtalk)
 
 
 class Server:
@@ -273,3 +276,112 @@ async def test_screen_that_cannot_open_does_not_stop_the_service(
         session.publish(topics.SESSION_STATE, SessionState(phase=SessionPhase.CONNECTING))
         stats = await next_matching(session, topics.VIDEO_STATS)
         assert isinstance(stats.msg, VideoStats) and stats.msg.frames_rendered == 0
+
+
+class Recorder:
+    """Everything the session's bus receives, with its arrival time, to wait on and count."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.seen: list[tuple[float, Delivery]] = []
+        self._changed = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for d in self.bus:
+            self.seen.append((asyncio.get_running_loop().time(), d))
+            self._changed.set()
+
+    def on(self, topic: str) -> list[tuple[float, Delivery]]:
+        return [(t, d) for t, d in self.seen if d.topic == topic]
+
+    async def wait(self, pred: Callable[[], bool], timeout: float = TIMEOUT) -> None:
+        async with asyncio.timeout(timeout):
+            while not pred():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+def _connected(rec: Recorder) -> bool:
+    return any(
+        isinstance(d.msg, VideoStats) and d.msg.connection_state == "connected"
+        for _, d in rec.on(topics.VIDEO_STATS)
+    )
+
+
+async def test_each_server_offer_is_answered_once_stamped_and_fast(
+    bus_settings: BusSettings, make_bus: Callable[..., object]
+) -> None:
+    """Candidates that come before their offer are kept; the offer is answered within 1 s,
+    once (a re-sent copy is ignored), stamped with its connection; an offer of a connection
+    that is over is never answered; the display never offers by itself meanwhile."""
+    session = await session_bus(make_bus)
+    servers = [Server(), Server()]
+    async with running_display(bus_settings, NullScreen(), session):
+        rec = Recorder(session)
+        session.publish(
+            topics.SESSION_STATE, SessionState(phase=SessionPhase.CONNECTED, connection_id="c1")
+        )
+        offer = await servers[0].offer()
+        # The server trickles its candidates, and they overtake the offer.
+        for line in offer.sdp.splitlines():
+            if line.startswith("a=candidate:"):
+                session.publish(
+                    topics.WEBRTC_REMOTE_ICE,
+                    IceCandidate(
+                        candidate=line.removeprefix("a="),
+                        sdp_mid="0",
+                        sdp_mline_index=0,
+                        connection_id="c1",
+                    ),
+                )
+        bare = filter_sdp_candidates(offer.sdp, lambda address: False)
+        bare = bare.replace("a=end-of-candidates\r\n", "")  # a trickling server's offer
+        assert not sdp_candidate_addresses(bare) and "end-of-candidates" not in bare
+        stamped = msgspec.structs.replace(offer, sdp=bare, connection_id="c1")
+        sent = asyncio.get_running_loop().time()
+        session.publish(topics.WEBRTC_REMOTE_OFFER, stamped)
+        session.publish(topics.WEBRTC_REMOTE_OFFER, stamped)  # the latch re-sends it
+        await rec.wait(lambda: bool(rec.on(topics.WEBRTC_LOCAL_ANSWER)))
+        at, answer = rec.on(topics.WEBRTC_LOCAL_ANSWER)[0]
+        assert at - sent < 1.0, f"answered {at - sent:.2f} s after the offer"
+        assert isinstance(answer.msg, SdpMessage) and answer.msg.connection_id == "c1"
+        await servers[0].accept(answer.msg)
+        await rec.wait(lambda: _connected(rec))  # only with the early candidates
+        local_ice = [d.msg for _, d in rec.on(topics.WEBRTC_LOCAL_ICE)]
+        assert local_ice and all(
+            isinstance(c, IceCandidate) and c.connection_id == "c1" for c in local_ice
+        )
+
+        # The session reconnects: c1 is over. Its offer (late, re-sent) is never answered.
+        session.publish(
+            topics.SESSION_STATE, SessionState(phase=SessionPhase.CONNECTED, connection_id="c2")
+        )
+        session.publish(topics.WEBRTC_REMOTE_OFFER, stamped)
+        session.publish(
+            topics.WEBRTC_REMOTE_OFFER,
+            msgspec.structs.replace(await servers[1].offer(), connection_id="c2"),
+        )
+        await rec.wait(lambda: len(rec.on(topics.WEBRTC_LOCAL_ANSWER)) >= 2)
+        answers = [d.msg for _, d in rec.on(topics.WEBRTC_LOCAL_ANSWER)]
+        assert [a.connection_id for a in answers if isinstance(a, SdpMessage)] == ["c1", "c2"]
+        second = answers[1]
+        assert isinstance(second, SdpMessage)
+        await servers[1].accept(second)
+        n = len(rec.on(topics.VIDEO_STATS))
+        await rec.wait(
+            lambda: any(
+                isinstance(d.msg, VideoStats) and d.msg.connection_state == "connected"
+                for _, d in rec.on(topics.VIDEO_STATS)[n:]
+            )
+        )
+        assert len(rec.on(topics.WEBRTC_LOCAL_ANSWER)) == 2
+        assert rec.on(topics.WEBRTC_LOCAL_OFFER) == []
+    await rec.close()
+    for s in servers:
+        await s.close()
