@@ -1,5 +1,4 @@
-"""The ZeroMQ bus: two XSUB/XPUB proxies (control and media planes) and the client every
-service uses.
+"""The ZeroMQ bus: the client every service uses (the proxies: :mod:`agent.proxy`).
 
 ::
 
@@ -21,28 +20,30 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
-import socket
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Self
+from dataclasses import dataclass
+from typing import Self
 
 import zmq
 import zmq.asyncio
 
 from agent import topics
+from agent.bus_stats import BurstLog, BusStats, peek_sender
 from agent.config import BusSettings, PlaneEndpoints
 from agent.errors import BusError, MessageDecodeError
+from agent.latch import LATCH_REPLY_PREFIX, LATCH_REQUEST, LatchStore, parse_request
 from agent.messages import AnyMessage, Envelope, Message, decode_envelope, encode_envelope
+from agent.proxy import MAX_FRAME_BYTES, Proxy
 
-__all__ = ["Bus", "BusSettings", "Delivery", "PlaneEndpoints", "Proxy"]
+__all__ = ["Bus", "BusSettings", "BusStats", "Delivery", "PlaneEndpoints", "Proxy"]
 
 log = logging.getLogger(__name__)
 
+INTERNAL_PREFIX = "_"  # bus-internal topics (probes, latch requests and replies); no service's
 PROBE_PREFIX = "_probe."  # bus-internal topic used by Bus.start() to know it is connected
+MAX_SEQ_KEYS = 4096  # (sender, topic) pairs whose sequence numbers are followed
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,149 +57,7 @@ class Delivery:
     wall_ns: int
     msg: Message
     payload: list[bytes]
-
-
-@dataclass
-class BusStats:
-    published: int = 0
-    publish_dropped: int = 0  # refused by a full PUB queue (media plane only, by design)
-    received: int = 0
-    media_dropped: int = 0  # oldest media dropped from a full receive queue
-    decode_errors: int = 0
-    gaps: int = 0  # sequence gaps seen (messages lost upstream)
-    per_topic: dict[str, int] = field(default_factory=dict)
-
-
-def _prepare_ipc(endpoint: str) -> None:
-    """Create the directory of an ipc:// endpoint, and refuse to steal a live one.
-
-    ZeroMQ silently replaces an ipc socket file that another process is bound
-    to, which would split the bus in two; a stale file (no listener) is removed.
-    """
-    if not endpoint.startswith("ipc://"):
-        return
-    path = endpoint[len("ipc://") :]
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    if os.path.exists(path):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)
-        else:
-            raise zmq.ZMQError(zmq.EADDRINUSE, f"{endpoint} is in use by another bus proxy")
-        finally:
-            probe.close()
-
-
-class Proxy:
-    """Both planes' XSUB/XPUB proxies (pyzmq's ``zmq.proxy``), each on its own thread.
-
-    The proxy owns its ZeroMQ context; ``stop()`` terminates it, which ends
-    both proxy loops, and removes the ipc socket files.
-    """
-
-    def __init__(self, settings: BusSettings):
-        self._settings = settings
-        self._ctx: zmq.Context[Any] | None = None
-        self._threads: list[threading.Thread] = []
-        self._errors: list[BaseException] = []
-        self._bound: list[str] = []  # endpoints this proxy bound (its ipc files to remove)
-
-    def start(self) -> None:
-        self._ctx = zmq.Context()
-        ready = threading.Barrier(3)
-        for plane_name, plane in (
-            ("control", self._settings.control),
-            ("media", self._settings.media),
-        ):
-            t = threading.Thread(
-                target=self._run,
-                args=(self._ctx, plane_name, plane, ready),
-                name=f"bus-proxy-{plane_name}",
-                daemon=True,
-            )
-            t.start()
-            self._threads.append(t)
-        try:
-            ready.wait(timeout=10)
-        except threading.BrokenBarrierError as exc:
-            self.stop()
-            detail = "; ".join(str(e) for e in self._errors) or "timed out"
-            raise BusError(f"bus proxy failed to start: {detail}") from exc
-        log.info(
-            "= bus proxy up: control %s -> %s, media %s -> %s",
-            self._settings.control.publish,
-            self._settings.control.subscribe,
-            self._settings.media.publish,
-            self._settings.media.subscribe,
-        )
-
-    def _run(
-        self,
-        ctx: zmq.Context[Any],
-        name: str,
-        plane: PlaneEndpoints,
-        ready: threading.Barrier,
-    ) -> None:
-        xsub = ctx.socket(zmq.XSUB)
-        xpub = ctx.socket(zmq.XPUB)
-        try:
-            for sock in (xsub, xpub):
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.RCVHWM, plane.hwm)
-                sock.setsockopt(zmq.SNDHWM, plane.hwm)
-            _prepare_ipc(plane.publish)
-            _prepare_ipc(plane.subscribe)
-            xsub.bind(plane.publish)
-            self._bound.append(plane.publish)
-            xpub.bind(plane.subscribe)
-            self._bound.append(plane.subscribe)
-        except zmq.ZMQError as exc:
-            self._errors.append(
-                BusError(f"{name} plane: cannot bind {plane.publish} / {plane.subscribe}: {exc}")
-            )
-            xsub.close(linger=0)
-            xpub.close(linger=0)
-            ready.abort()
-            return
-        try:
-            ready.wait(timeout=10)
-        except threading.BrokenBarrierError:
-            pass
-        try:
-            zmq.proxy(xsub, xpub)
-        except zmq.ContextTerminated:
-            pass
-        except zmq.ZMQError as exc:
-            log.error("bus proxy %s stopped: %s", name, exc)
-        finally:
-            xsub.close(linger=0)
-            xpub.close(linger=0)
-
-    def stop(self) -> None:
-        if self._ctx is not None:
-            self._ctx.term()
-            self._ctx = None
-        for t in self._threads:
-            t.join(timeout=5)
-        self._threads.clear()
-        # Only what we bound: a start refused because another proxy holds the endpoints
-        # must not remove that proxy's files.
-        bound, self._bound = self._bound, []
-        for ep in bound:
-            if ep.startswith("ipc://"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(ep[len("ipc://") :])
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    replayed: bool = False  # re-sent from a publisher's latch (may duplicate a live one)
 
 
 class Bus:
@@ -229,10 +88,17 @@ class Bus:
         self._media: collections.deque[Delivery] = collections.deque(maxlen=media_queue)
         self._wakeup = asyncio.Event()
         self._readers: list[asyncio.Task[None]] = []
-        self._probe_topic = f"{PROBE_PREFIX}{sender}.{uuid.uuid4().hex[:8]}"
+        self._id = f"{sender}.{uuid.uuid4().hex[:12]}"  # this connection, for directed replies
+        self._probe_topic = f"{PROBE_PREFIX}{self._id}"
+        self._reply_topic = f"{LATCH_REPLY_PREFIX}{self._id}"
+        self._latch = LatchStore()
         self._probe_seen: set[topics.Plane] = set()
         self._probe_event = asyncio.Event()
+        self._failure: BusError | None = None  # set when a reader died: recv() raises it
+        self._drops = BurstLog()
+        self._drops_timer: asyncio.TimerHandle | None = None
         self._started = False
+        self._connected = False  # start() has seen its probes come back
         self._closed = False
         self.stats = BusStats()
 
@@ -243,12 +109,17 @@ class Bus:
 
         A prefix that matches no declared topic is refused, so typos fail loudly.
         """
+        new_control: list[str] = []
         for name in names:
             for plane in self._planes_for(name):
+                if plane is topics.Plane.CONTROL and name not in self._prefixes[plane]:
+                    new_control.append(name)
                 self._prefixes[plane].add(name)
                 sock = self._sub.get(plane)
                 if sock is not None:
                     sock.setsockopt(zmq.SUBSCRIBE, name.encode())
+        if self._connected and new_control:  # started: ask the holders of latched topics now
+            self._request_latched(new_control)
 
     @staticmethod
     def _planes_for(prefix: str) -> set[topics.Plane]:
@@ -278,10 +149,14 @@ class Bus:
             sub = self._ctx.socket(zmq.SUB)
             sub.setsockopt(zmq.LINGER, 0)
             sub.setsockopt(zmq.RCVHWM, ep.hwm)
+            sub.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES[plane])  # refused before allocated
             sub.connect(ep.subscribe)
             for prefix in self._prefixes[plane]:
                 sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
             sub.setsockopt(zmq.SUBSCRIBE, self._probe_topic.encode())
+            if plane is topics.Plane.CONTROL:
+                sub.setsockopt(zmq.SUBSCRIBE, LATCH_REQUEST.encode())
+                sub.setsockopt(zmq.SUBSCRIBE, self._reply_topic.encode())
             self._sub[plane] = sub
             self._readers.append(
                 asyncio.create_task(self._reader(plane, sub), name=f"bus-reader-{plane}")
@@ -303,18 +178,35 @@ class Bus:
                 async with asyncio.timeout(0.02):
                     await self._probe_event.wait()
             self._probe_event.clear()
-        log.debug("= bus connected as %s", self.sender)
+        log.debug("= bus connected as %s", self._id)
+        self._connected = True
+        if self._prefixes[topics.Plane.CONTROL]:
+            self._request_latched(sorted(self._prefixes[topics.Plane.CONTROL]))
+
+    def _request_latched(self, prefixes: list[str]) -> None:
+        """Ask every bus client for its latched messages under ``prefixes`` (answered on our
+        reply topic, which our SUB reads since start())."""
+        frames = [LATCH_REQUEST.encode(), self._id.encode(), *(p.encode() for p in prefixes)]
+        self._pub[topics.Plane.CONTROL].send_multipart(frames, zmq.NOBLOCK)
 
     def _endpoints(self, plane: topics.Plane) -> PlaneEndpoints:
         return self._settings.control if plane is topics.Plane.CONTROL else self._settings.media
 
     # -- publish ---------------------------------------------------------------------------
 
-    def publish(self, topic: str, msg: Message, *payload: bytes | memoryview) -> bool:
+    def publish(
+        self, topic: str, msg: Message, *payload: bytes | memoryview, latch: int = 0
+    ) -> bool:
         """Publish ``msg`` on ``topic`` with raw ``payload`` frames. Never blocks.
 
-        Returns False when the message was dropped at the high-water mark.
-        Raises BusError when ``msg`` is not the type the topic carries.
+        ``latch=N`` (N > 0, control-plane topics only) also keeps this message as one of the
+        last N published on ``topic`` by this client: a client subscribing to ``topic`` later
+        (or restarting) receives them after its ``start()``/``subscribe()``, marked
+        ``Delivery.replayed``. A publish without ``latch`` leaves the kept ones alone;
+        :meth:`unlatch` forgets them.
+
+        Returns False when the message was dropped at the high-water mark (a latched one is
+        kept all the same). Raises BusError when ``msg`` is not the type the topic carries.
         """
         try:
             spec = topics.spec_for(topic)
@@ -327,11 +219,22 @@ class Bus:
         pub = self._pub.get(spec.plane)
         if pub is None:
             raise BusError("Bus.publish() before Bus.start()")
+        limit = MAX_FRAME_BYTES[spec.plane]
+        if any(len(frame) > limit for frame in payload):
+            # the proxy would refuse it by disconnecting us: refuse it here, loudly
+            raise BusError(f"{topic}: a payload frame is over the {limit}-byte limit")
         self._seq[topic] += 1
         typed: AnyMessage = msg  # type: ignore[assignment]  # checked against the table above
         body = encode_envelope(
             Envelope(self.sender, self._seq[topic], time.monotonic_ns(), time.time_ns(), typed)
         )
+        if latch:
+            if spec.plane is not topics.Plane.CONTROL:
+                raise BusError(f"latch on {topic!r}: only control-plane topics can be latched")
+            try:
+                self._latch.keep(topic, [topic.encode(), body, *map(bytes, payload)], latch)
+            except ValueError as exc:
+                raise BusError(str(exc)) from exc
         try:
             pub.send_multipart([topic.encode(), body, *payload], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -340,27 +243,51 @@ class Bus:
         self.stats.published += 1
         return True
 
+    def unlatch(self, topic: str) -> None:
+        """Forget the latched messages of ``topic``: late subscribers no longer get them.
+        (A copy already sent stays sent.)"""
+        dropped = self._latch.forget(topic)
+        if dropped:
+            log.debug("= %s: unlatched %d message(s)", topic, dropped)
+
     # -- receive ---------------------------------------------------------------------------
 
     async def _reader(self, plane: topics.Plane, sock: zmq.asyncio.Socket) -> None:
+        """Receive until closed. Bad input is counted and dropped; anything else that ends
+        this loop fails :meth:`recv`, so the service (and its process) goes down with it."""
+        try:
+            await self._read(plane, sock)
+        except asyncio.CancelledError:
+            if not self._closed:
+                self._fail(plane, BusError("cancelled"))
+            raise
+        except BaseException as exc:
+            if not self._closed:
+                self._fail(plane, exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _fail(self, plane: topics.Plane, exc: BaseException) -> None:
+        log.error("bus reader (%s plane) died", plane.value, exc_info=exc)
+        if self._failure is None:
+            self._failure = BusError(f"bus reader ({plane.value} plane) died: {exc!r}")
+            self._failure.__cause__ = exc
+        self._wakeup.set()
+
+    async def _read(self, plane: topics.Plane, sock: zmq.asyncio.Socket) -> None:
         queue = self._control if plane is topics.Plane.CONTROL else self._media
         while True:
             try:
                 frames = await sock.recv_multipart(copy=True)
-            except (asyncio.CancelledError, zmq.ContextTerminated):
-                return
-            except zmq.ZMQError as exc:
+            except zmq.ZMQError:
                 if self._closed:
                     return
-                log.error("bus reader %s: %s", plane, exc)
-                continue
+                raise  # the context was terminated or the socket closed under us
             topic = frames[0].decode("ascii", "replace")
-            if topic.startswith(PROBE_PREFIX):
-                if topic == self._probe_topic:
-                    self._probe_seen.add(plane)
-                    self._probe_event.set()
-                continue
-            delivery = self._decode(topic, frames)
+            if topic.startswith(INTERNAL_PREFIX):
+                delivery = self._internal(plane, topic, frames)
+            else:
+                delivery = self._decode(topic, frames)
             if delivery is None:
                 continue
             if queue.maxlen is not None and len(queue) == queue.maxlen:
@@ -371,40 +298,112 @@ class Bus:
             queue.append(delivery)
             self._wakeup.set()
 
-    def _decode(self, topic: str, frames: list[bytes]) -> Delivery | None:
+    def _internal(self, plane: topics.Plane, topic: str, frames: list[bytes]) -> Delivery | None:
+        """A bus-internal message: our probe, somebody's latch request, or a latch reply."""
+        if topic == self._probe_topic:
+            self._probe_seen.add(plane)
+            self._probe_event.set()
+        elif plane is not topics.Plane.CONTROL:
+            pass
+        elif topic == LATCH_REQUEST:
+            self._answer_latch_request(frames)
+        elif topic == self._reply_topic:
+            inner = frames[1:]
+            if not inner:
+                self._dropped(topic, "?", "latch reply without a topic")
+                return None
+            name = inner[0].decode("ascii", "replace")
+            if not name.startswith(tuple(self._prefixes[plane])):
+                return None  # latched by someone for a prefix we did not ask for
+            delivery = self._decode(name, inner, replayed=True)
+            if delivery is not None and topics.spec_for(name).plane is plane:
+                self.stats.replayed += 1
+                return delivery
+        return None
+
+    def _answer_latch_request(self, frames: list[bytes]) -> None:
+        request = parse_request(frames)
+        if request is None:
+            self._dropped(LATCH_REQUEST, "?", "malformed latch request")
+            return
+        requester, prefixes = request
+        kept = self._latch.matching(prefixes)
+        self.stats.latch_requests += 1
+        if not kept:
+            return
+        pub = self._pub[topics.Plane.CONTROL]
+        reply = f"{LATCH_REPLY_PREFIX}{requester}".encode()
+        for latched in kept:
+            try:
+                pub.send_multipart([reply, *latched], zmq.NOBLOCK)
+            except zmq.Again:
+                log.warning("> latch reply to %s: control queue full, dropped", requester)
+                return
+            self.stats.latch_resent += 1
+        log.debug("> %d latched message(s) re-sent to %s", len(kept), requester)
+
+    def _dropped(self, topic: str, sender: str, why: str) -> None:
+        """Count a dropped message by (declared topic, sender); log the first of a burst,
+        and one summary per window while the burst goes on."""
+        try:
+            name = topics.spec_for(topic).name
+        except KeyError:
+            name = "?"
+        self.stats.count_decode_error(name, sender)
+        loop = asyncio.get_running_loop()
+        if self._drops.record(f"{name} from {sender}", loop.time()):
+            log.warning(
+                "< %s from %s: dropped: %s (more drops: one summary per %.0f s)",
+                topic[:80], sender, why, self._drops.window_s,
+            )  # fmt: skip
+        elif self._drops_timer is None:
+            self._drops_timer = loop.call_at(self._drops.due_at(), self._log_drops)
+
+    def _log_drops(self, *, force: bool = False) -> None:
+        self._drops_timer = None
+        line = self._drops.summary(asyncio.get_running_loop().time(), force=force)
+        if line is not None:
+            log.warning("< %s", line)
+
+    def _decode(
+        self, topic: str, frames: list[bytes], *, replayed: bool = False
+    ) -> Delivery | None:
         if len(frames) < 2:
-            self.stats.decode_errors += 1
-            log.warning("< %s: dropped, %d frame(s), need topic + body", topic, len(frames))
+            self._dropped(topic, "?", f"{len(frames)} frame(s), need topic + body")
             return None
         try:
-            env = decode_envelope(frames[1])
             spec = topics.spec_for(topic)
+            env = decode_envelope(frames[1])
         except (MessageDecodeError, KeyError) as exc:
-            self.stats.decode_errors += 1
-            log.warning("< %s: dropped undecodable message: %s", topic, exc)
+            self._dropped(topic, peek_sender(frames[1]), str(exc))
             return None
         if type(env.msg) is not spec.type:
-            self.stats.decode_errors += 1
-            log.warning(
-                "< %s: dropped %s from %s (topic carries %s)",
-                topic,
-                type(env.msg).__name__,
-                env.sender,
-                spec.type.__name__,
-            )
+            why = f"{type(env.msg).__name__} (topic carries {spec.type.__name__})"
+            self._dropped(topic, env.sender[:40], why)
             return None
-        key = (env.sender, topic)
-        last = self._last_seen.get(key)
-        if last is not None and env.seq > last + 1:
-            self.stats.gaps += env.seq - last - 1
-        self._last_seen[key] = env.seq
+        if not replayed:  # a re-sent latched message is an old one: no gap bookkeeping
+            key = (env.sender, topic)
+            last = self._last_seen.pop(key, None)  # re-inserted: the dict stays in LRU order
+            if last is not None and env.seq > last + 1:
+                self.stats.gaps += env.seq - last - 1
+            self._last_seen[key] = env.seq
+            if len(self._last_seen) > MAX_SEQ_KEYS:  # forged senders cannot grow it forever
+                del self._last_seen[next(iter(self._last_seen))]
         self.stats.received += 1
-        self.stats.per_topic[topic] = self.stats.per_topic.get(topic, 0) + 1
-        return Delivery(topic, env.sender, env.seq, env.mono_ns, env.wall_ns, env.msg, frames[2:])
+        self.stats.per_topic[spec.name] = self.stats.per_topic.get(spec.name, 0) + 1
+        return Delivery(
+            topic, env.sender, env.seq, env.mono_ns, env.wall_ns, env.msg, frames[2:], replayed
+        )
 
     async def recv(self) -> Delivery:
-        """The next message: control-plane messages first, then media."""
+        """The next message: control-plane messages first, then media.
+
+        Raises BusError when the bus is closed, or when a reader died (the cause chained):
+        a service's loop then ends, and the supervisor restarts its process.
+        """
         while True:
+            if self._failure is not None:
+                raise self._failure
             if self._control:
                 return self._control.popleft()
             if self._media:
@@ -418,10 +417,13 @@ class Bus:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Delivery]:
-        while not self._closed:
+        """Every message until the bus is closed; a dead reader raises (see recv)."""
+        while not self._closed or self._failure is not None:
             try:
                 yield await self.recv()
             except BusError:
+                if self._failure is not None:
+                    raise
                 return
 
     # -- teardown --------------------------------------------------------------------------
@@ -431,6 +433,9 @@ class Bus:
             return
         self._closed = True
         self._wakeup.set()
+        if self._drops_timer is not None:
+            self._drops_timer.cancel()
+        self._log_drops(force=True)
         for task in self._readers:
             task.cancel()
         for task in self._readers:

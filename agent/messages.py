@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from agent.errors import ErrorCategory, MessageDecodeError
+from agent.msgpack_limits import MsgpackLimitError, check_msgpack
 
 __all__ = [
     "AnyMessage",
@@ -417,14 +418,29 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True):
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
 
+# Bounds on a body frame from the bus, checked before decoding (bulk bytes ride as payload
+# frames, not in the body). The deepest legal body is ~5 levels (Envelope > ConnectionEvent
+# > ice_servers > IceServer > urls); the largest a tool catalog.
+MAX_BODY_BYTES = 1024 * 1024
+MAX_BODY_DEPTH = 16
+MAX_BODY_ITEMS = 10_000
+
 
 def encode_envelope(envelope: Envelope) -> bytes:
     return _encoder.encode(envelope)
 
 
 def decode_envelope(body: bytes | memoryview) -> Envelope:
-    """Decode and validate a body frame; raise MessageDecodeError on anything wrong."""
+    """Decode and validate a body frame; raise MessageDecodeError on anything wrong,
+    including a body over MAX_BODY_BYTES, nested deeper than MAX_BODY_DEPTH or holding more
+    than MAX_BODY_ITEMS objects (refused before the recursive decoder sees it)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise MessageDecodeError(f"bad message body: {len(body)} bytes, limit {MAX_BODY_BYTES}")
+    data = bytes(body)
     try:
-        return _decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        check_msgpack(data, max_depth=MAX_BODY_DEPTH, max_items=MAX_BODY_ITEMS)
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, MsgpackLimitError) as exc:
         raise MessageDecodeError(f"bad message body: {exc}") from exc
+    except RecursionError as exc:  # belt and braces: the check above should make it impossible
+        raise MessageDecodeError("bad message body: nested too deep") from exc

@@ -19,7 +19,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from agent.bus import PROBE_PREFIX
+from agent.bus import INTERNAL_PREFIX
 from agent.errors import MessageDecodeError
 from agent.logs import redact
 from agent.messages import decode_envelope
@@ -48,7 +48,7 @@ class TapPrinter:
 
     def line(self, frames: Sequence[bytes], now_mono_ns: int) -> str:
         topic = frames[0].decode("ascii", "replace")
-        if topic.startswith(PROBE_PREFIX):
+        if topic.startswith(INTERNAL_PREFIX):  # probes, latch requests and replies
             return ""
         try:
             if len(frames) < 2:
