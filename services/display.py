@@ -368,6 +368,7 @@ class _Display:
                     self.policy.on_answer(time.monotonic())
         elif isinstance(msg, IceCandidate):
             verdict = self.signals.candidate(msg)
+            log.debug("< webrtc.remote.ice of connection %s: %s", msg.connection_id, verdict)
             if verdict is CandidateVerdict.ADD:
                 async with self._negotiating:
                     await self.peer.add_candidate(msg)
@@ -416,6 +417,8 @@ class _Display:
                 raise
             for c in held:
                 await self.peer.add_candidate(c)
+            if held:
+                log.info("= %d early remote candidate(s) added", len(held))
             self.policy.on_remote_offer(time.monotonic())
             self.bus.publish(
                 topics.WEBRTC_LOCAL_ANSWER, msgspec.structs.replace(answer, connection_id=cid)

@@ -321,29 +321,16 @@ async def test_each_server_offer_is_answered_once_stamped_and_fast(
     once (a re-sent copy is ignored), stamped with its connection; an offer of a connection
     that is over is never answered; the display never offers by itself meanwhile."""
     session = await session_bus(make_bus)
+    rec = Recorder(await session_bus(make_bus))  # sees what the session sees, from the start
     servers = [Server(), Server()]
     async with running_display(bus_settings, NullScreen(), session):
-        rec = Recorder(session)
         session.publish(
             topics.SESSION_STATE, SessionState(phase=SessionPhase.CONNECTED, connection_id="c1")
         )
-        offer = await servers[0].offer()
         # The server trickles its candidates, and they overtake the offer.
-        for line in offer.sdp.splitlines():
-            if line.startswith("a=candidate:"):
-                session.publish(
-                    topics.WEBRTC_REMOTE_ICE,
-                    IceCandidate(
-                        candidate=line.removeprefix("a="),
-                        sdp_mid="0",
-                        sdp_mline_index=0,
-                        connection_id="c1",
-                    ),
-                )
-        bare = filter_sdp_candidates(offer.sdp, lambda address: False)
-        bare = bare.replace("a=end-of-candidates\r\n", "")  # a trickling server's offer
-        assert not sdp_candidate_addresses(bare) and "end-of-candidates" not in bare
-        stamped = msgspec.structs.replace(offer, sdp=bare, connection_id="c1")
+        stamped, candidates = _trickled(await servers[0].offer(), "c1")
+        for c in candidates:
+            session.publish(topics.WEBRTC_REMOTE_ICE, c)
         sent = asyncio.get_running_loop().time()
         session.publish(topics.WEBRTC_REMOTE_OFFER, stamped)
         session.publish(topics.WEBRTC_REMOTE_OFFER, stamped)  # the latch re-sends it
@@ -385,3 +372,59 @@ async def test_each_server_offer_is_answered_once_stamped_and_fast(
     await rec.close()
     for s in servers:
         await s.close()
+
+
+def _trickled(offer: SdpMessage, connection_id: str) -> tuple[SdpMessage, list[IceCandidate]]:
+    """The offer as a trickling server sends it: candidates apart, no end-of-candidates."""
+    bare = filter_sdp_candidates(offer.sdp, lambda address: False)
+    bare = bare.replace("a=end-of-candidates\r\n", "")
+    first_section = offer.sdp.split("m=")[1]  # BUNDLE: the first transport carries it all
+    candidates = [
+        IceCandidate(
+            candidate=line.removeprefix("a="),
+            sdp_mid="0",
+            sdp_mline_index=0,
+            connection_id=connection_id,
+        )
+        for line in first_section.splitlines()
+        if line.startswith("a=candidate:")
+    ]
+    assert candidates
+    return msgspec.structs.replace(offer, sdp=bare, connection_id=connection_id), candidates
+
+
+async def test_a_display_that_starts_late_answers_the_latched_offer(
+    bus_settings: BusSettings, make_bus: Callable[..., object]
+) -> None:
+    """The session published the offer and candidates (latched) before the display was up:
+    the display gets them after its start, answers the offer (never offers by itself), and
+    the avatar connects."""
+    session = await session_bus(make_bus)
+    rec = Recorder(await session_bus(make_bus))  # sees what the session sees, from the start
+    server = Server()
+    offer, candidates = _trickled(await server.offer(), "c1")
+    session.publish(topics.WEBRTC_REMOTE_OFFER, offer, latch=1)
+    for c in candidates:
+        session.publish(topics.WEBRTC_REMOTE_ICE, c, latch=32)
+    seen = asyncio.Event()
+    state = SessionState(phase=SessionPhase.READY, connection_id="c1")
+    keep = asyncio.create_task(publish_until_seen(session, topics.SESSION_STATE, state, seen))
+    started = asyncio.get_running_loop().time()
+    try:
+        async with running_display(bus_settings, NullScreen(), session):
+            await rec.wait(lambda: bool(rec.on(topics.WEBRTC_LOCAL_ANSWER)))
+            at, answer = rec.on(topics.WEBRTC_LOCAL_ANSWER)[0]
+            assert isinstance(answer.msg, SdpMessage) and answer.msg.connection_id == "c1"
+            session.unlatch(topics.WEBRTC_REMOTE_OFFER)  # as the session does on the answer
+            session.unlatch(topics.WEBRTC_REMOTE_ICE)
+            await server.accept(answer.msg)
+            await rec.wait(lambda: _connected(rec))
+            assert rec.on(topics.WEBRTC_LOCAL_OFFER) == []
+            assert len(rec.on(topics.WEBRTC_LOCAL_ANSWER)) == 1
+            # the display's own start (bus, screen) included; 0.05 s measured here
+            assert at - started < 2.0, f"answered {at - started:.2f} s after the display started"
+    finally:
+        seen.set()
+        await keep
+        await rec.close()
+        await server.close()
