@@ -32,6 +32,7 @@ import contextlib
 import logging
 import math
 import time
+import traceback
 import wave
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,6 +162,33 @@ class _Framer:
             self._buf = self._buf[self._n :]
             self._out_index += self._n
         return frames
+
+
+class _CallbackFaults:
+    """Errors in a PortAudio callback, kept for the event loop to log: the device thread must
+    not do logging's I/O (a handler's lock and write can stall it past its deadline).
+
+    ``record`` (device thread) keeps a count and the first traceback of a burst; ``report``
+    (event loop) logs that once and starts the next burst.
+    """
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self.count = 0  # ever
+        self._reported = 0
+        self._first: str | None = None
+
+    def record(self) -> None:  # the device thread, inside an ``except`` block
+        self.count += 1
+        if self._first is None:
+            self._first = traceback.format_exc(limit=8)
+
+    def report(self) -> None:  # the event loop
+        first, self._first = self._first, None
+        new = self.count - self._reported
+        if new and first is not None:
+            self._reported = self.count
+            log.error("%s callback failed %d time(s); the first:\n%s", self._what, new, first)
 
 
 class _Handoff:
@@ -367,6 +395,9 @@ class AudioOutput(abc.ABC):
         """Set when the device stopped on its own."""
         return None
 
+    def report(self) -> None:  # noqa: B027 - optional: backends without a device thread
+        """Log what the device thread noted (its callback errors). Call from the event loop."""
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Stop and release the device. Idempotent."""
@@ -407,6 +438,7 @@ class SoundDeviceInput(AudioInput):
         self.rate = 0
         self.channels = 0
         self.status_errors = 0  # PortAudio overflow flags seen
+        self.faults = _CallbackFaults("mic")
         self._dev_samples = 0
         self._framer: _Framer | None = None
         self._resample: soxr.ResampleStream | None = None
@@ -457,8 +489,8 @@ class SoundDeviceInput(AudioInput):
             for frame in self._framer.push(out, self._dev_samples, first_ns):
                 self._handoff.put(frame)
             self._dev_samples += frames
-        except Exception:  # an exception would abort the stream: log and go on
-            log.exception("mic callback failed")
+        except Exception:  # an exception would abort the stream: note it (logged by read())
+            self.faults.record()
 
     def _finished(self) -> None:
         if self._handoff is not None and not self._handoff.closed:
@@ -467,6 +499,7 @@ class SoundDeviceInput(AudioInput):
     async def read(self) -> CapturedFrame | None:
         if self._handoff is None:
             raise DeviceError("SoundDeviceInput.read() before start()")
+        self.faults.report()
         return await self._handoff.get(self._stall_s)
 
     async def close(self) -> None:
@@ -556,6 +589,7 @@ class SoundDeviceOutput(AudioOutput):
         self.rate = 0
         self.channels = 0
         self.status_errors = 0  # PortAudio underflow flags seen
+        self.faults = _CallbackFaults("speaker")
         self.callbacks = 0
         self.writes = collections.deque(maxlen=_WRITE_LOG)
 
@@ -610,8 +644,8 @@ class SoundDeviceOutput(AudioOutput):
             outdata[:] = pcm.tobytes()
             peak = int(np.abs(block).max() * 32768.0) if len(block) else 0
             self.writes.append(WriteRecord(now, play_ns, frames, peak))
-        except Exception:
-            log.exception("speaker callback failed")
+        except Exception:  # note it (logged by report(), on the loop) and write silence
+            self.faults.record()
             outdata[:] = bytes(len(outdata))
 
     def _fill(self, frames: int, play_ns: int) -> None:
@@ -638,6 +672,9 @@ class SoundDeviceOutput(AudioOutput):
     def _finished(self) -> None:
         if not self._closing:
             self._failed = DeviceError(f"output device {self.device_name!r} stopped")
+
+    def report(self) -> None:
+        self.faults.report()
 
     async def close(self) -> None:
         self._closing = True

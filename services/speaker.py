@@ -168,6 +168,7 @@ async def _played_loop(
                     )
                 if recorder is not None:
                     recorder.write(item.pcm)
+        output.report()
         if output.failed is not None:
             raise DeviceError(str(output.failed))
         if time.monotonic() - last_state >= state_interval_s:
