@@ -92,7 +92,7 @@ class _Display:
         self.bus = bus
         self.screen = screen
         self.model = DisplayModel(ds.caption_hold_s)
-        self.policy = NegotiationPolicy(ds.renegotiation_timeout_s)
+        self.policy = NegotiationPolicy(ds.renegotiation_timeout_s, ds.media_stall_s)
         self.signals = RemoteSignals()
         self._negotiating = asyncio.Lock()  # one negotiation step on the peer at a time
         self.composer = Composer(
@@ -134,6 +134,7 @@ class _Display:
         if generation != self.peer.generation:
             return  # a stale connection's last frames
         now = time.monotonic()
+        self.policy.on_frame(kind, now)
         if kind == "video":
             self.received += 1
             if len(self._slot) >= self._slot_limit:
@@ -351,8 +352,12 @@ class _Display:
     async def tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            if self.policy.tick(time.monotonic()) is Action.OFFER:
-                await self._offer(f"{self.policy.step} timed out")
+            now = time.monotonic()
+            stalled = self.policy.stalled(now)
+            if self.policy.tick(now) is Action.OFFER:
+                await self._offer(
+                    f"{stalled} stalled" if stalled else f"{self.policy.step} timed out"
+                )
 
     async def handle(self, d: Delivery) -> None:
         msg, now = d.msg, time.monotonic()

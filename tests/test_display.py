@@ -11,11 +11,12 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from agent import topics
@@ -428,3 +429,60 @@ async def test_a_display_that_starts_late_answers_the_latched_offer(
         await keep
         await rec.close()
         await server.close()
+
+
+class GatedTrack(MediaStreamTrack):
+    """A server track whose frames stop while ``flowing`` is clear (the link stays up)."""
+
+    def __init__(self, inner: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = inner.kind
+        self.inner = inner
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+
+    async def recv(self) -> Any:
+        await self.flowing.wait()
+        return await self.inner.recv()
+
+
+async def test_a_stalled_avatar_is_renegotiated(
+    bus_settings: BusSettings, make_bus: Callable[..., object]
+) -> None:
+    """The link stays up but the server's tracks stop: after media_stall_s the display makes
+    a fresh offer (stamped with the session's connection)."""
+    session = await session_bus(make_bus)
+    rec = Recorder(await session_bus(make_bus))
+    server = Server()
+    tracks = [GatedTrack(server.media.video), GatedTrack(server.media.audio)]
+    async with running_display(bus_settings, NullScreen(), session, media_stall_s=1.0):
+        session.publish(
+            topics.SESSION_STATE, SessionState(phase=SessionPhase.READY, connection_id="c7")
+        )
+        for t in tracks:
+            server.pc.addTrack(t)
+        await server.pc.setLocalDescription(await server.pc.createOffer())
+        offer = SdpMessage(sdp_type="offer", sdp=server.pc.localDescription.sdp, connection_id="c7")
+        session.publish(topics.WEBRTC_REMOTE_OFFER, offer)
+        await rec.wait(lambda: bool(rec.on(topics.WEBRTC_LOCAL_ANSWER)))
+        answer = rec.on(topics.WEBRTC_LOCAL_ANSWER)[0][1].msg
+        assert isinstance(answer, SdpMessage)
+        await server.accept(answer)
+        await rec.wait(
+            lambda: any(
+                isinstance(d.msg, VideoStats) and d.msg.frames_received > 10
+                for _, d in rec.on(topics.VIDEO_STATS)
+            )
+        )
+        assert rec.on(topics.WEBRTC_LOCAL_OFFER) == []
+        stopped = asyncio.get_running_loop().time()
+        for t in tracks:
+            t.flowing.clear()
+        await rec.wait(lambda: bool(rec.on(topics.WEBRTC_LOCAL_OFFER)), timeout=5.0)
+        at, ours = rec.on(topics.WEBRTC_LOCAL_OFFER)[0]
+        assert isinstance(ours.msg, SdpMessage) and ours.msg.connection_id == "c7"
+        assert 1.0 <= at - stopped < 2.5, f"renegotiated {at - stopped:.2f} s after the stall"
+    for t in tracks:
+        t.flowing.set()
+    await rec.close()
+    await server.close()

@@ -114,3 +114,41 @@ def test_mid_session_start_offers_after_the_grace_when_no_server_offer_comes() -
     p.on_session(True, 0.0)
     assert p.tick(0.4) is Action.NONE
     assert p.tick(0.6) is Action.OFFER
+
+
+def _connected(stall_s: float = 3.0) -> NegotiationPolicy:
+    p = NegotiationPolicy(timeout_s=10.0, stall_s=stall_s)
+    p.on_session(True, 0.0)
+    p.on_remote_offer_received()
+    p.on_remote_offer(0.1)
+    p.on_connection_state("connected", 1.0)
+    return p
+
+
+def test_a_track_that_stops_is_renegotiated() -> None:
+    p = _connected()
+    for t in range(10, 50):
+        p.on_frame("video", t / 10)
+        p.on_frame("audio", t / 10)
+    p.on_frame("audio", 6.0)  # the voice goes on, the video stopped at 4.9
+    assert p.tick(7.8) is Action.NONE
+    assert p.stalled(7.9) == "video"
+    assert p.tick(7.9) is Action.OFFER
+    assert p.stalls == 1
+    p.on_offer_sent(7.9)
+    assert p.step is Step.OFFERED
+
+
+def test_no_frame_at_all_after_connecting_is_a_stall() -> None:
+    p = _connected()
+    assert p.tick(3.9) is Action.NONE
+    assert p.tick(4.0) is Action.OFFER
+
+
+def test_stall_detection_can_be_off_and_only_applies_when_connected() -> None:
+    assert _connected(stall_s=0).tick(100.0) is Action.NONE
+    p = NegotiationPolicy(timeout_s=1000.0, stall_s=1.0)
+    p.on_session(True, 0.0)
+    p.on_remote_offer_received()
+    p.on_remote_offer(0.0)
+    assert p.stalled(50.0) == ""  # negotiated, not connected: the step's own timeout applies

@@ -7,6 +7,7 @@
                               v                              never offer here)     v
                           OFFER ourselves --> OFFERED --server answer--> NEGOTIATED  CONNECTED
     any step but ANSWERING: timeout, or connection failed/closed --> OFFER (a fresh one)
+    CONNECTED, but a track that delivered stops for stall_s (or none delivers) --> OFFER
     session not live --> NO_SESSION (close the peer connection)
 
 :class:`RemoteSignals` keeps the bookkeeping of the signaling itself: which server offers
@@ -61,10 +62,15 @@ class Action(enum.StrEnum):
 
 
 class NegotiationPolicy:
-    def __init__(self, timeout_s: float = 10.0) -> None:
+    def __init__(self, timeout_s: float = 10.0, stall_s: float = 0.0) -> None:
+        """``stall_s``: a connected track with no frame for this long is renegotiated (0: off)."""
         self.timeout_s = timeout_s
+        self.stall_s = stall_s
         self._step = Step.NO_SESSION
         self._deadline: float | None = None
+        self._connected_at = 0.0
+        self._last_frame: dict[str, float] = {}  # kind -> last frame (this connection)
+        self.stalls = 0
         self._seen_session = False
         self.offers_made = 0
 
@@ -123,13 +129,35 @@ class NegotiationPolicy:
             return Action.NONE
         if state == "connected":
             self._go(Step.CONNECTED, None)
+            self._connected_at = now
+            self._last_frame = {}
         elif state in ("failed", "closed") and self._step is not Step.ANSWERING:
             return Action.OFFER
         return Action.NONE
 
+    def on_frame(self, kind: str, now: float) -> None:
+        """A frame of the current connection's ``kind`` track ("audio"/"video") arrived."""
+        self._last_frame[kind] = now
+
+    def stalled(self, now: float) -> str:
+        """What stalled on the connected link ("" = nothing): a track that delivered and then
+        stopped for ``stall_s``, or every track when none delivered for ``stall_s``."""
+        if self._step is not Step.CONNECTED or not self.stall_s:
+            return ""
+        if not self._last_frame:
+            return "audio+video" if now - self._connected_at >= self.stall_s else ""
+        quiet = [k for k, t in sorted(self._last_frame.items()) if now - t >= self.stall_s]
+        return "+".join(quiet)
+
     def tick(self, now: float) -> Action:
         if self._deadline is not None and now >= self._deadline and self.may_offer:
             log.info("= negotiation step %s timed out", self._step)
+            return Action.OFFER
+        stalled = self.stalled(now)
+        if stalled:
+            self.stalls += 1
+            log.info("= avatar %s stalled for %.1f s: renegotiating", stalled, self.stall_s)
+            self._go(Step.WAITING_REMOTE, None)  # _offer() moves on to OFFERED
             return Action.OFFER
         return Action.NONE
 

@@ -41,6 +41,9 @@ class DisplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     video_delay_ms: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 40
     # Seconds to wait for the server's answer to our own offer (or for ICE) before offering again.
     renegotiation_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    # A connected avatar track (video or voice) with no frame for this long (s) is renegotiated
+    # with a fresh offer; 0 = never.
+    media_stall_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0
     stats_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0  # video.stats period
     forward_audio: bool = True  # publish the avatar's WebRTC voice on audio.out
 
