@@ -145,6 +145,8 @@ class _Display:
             if self._video_generation != generation:
                 self._video_generation = generation
                 self.model.on_video(True, now)
+                # the connection's first frame: say so now, not at the next stats period
+                self.bus.publish(topics.VIDEO_STATS, self.stats())
         elif kind == "audio":
             self._forward_audio(frame, generation, now)
 
