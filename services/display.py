@@ -28,6 +28,7 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -454,16 +455,42 @@ class _Display:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.peer.close()
         finally:  # a second cancel (the runtime's) must not leave the MP4 unfinished
-            # Finish the screen here rather than through a last executor job: stop the
-            # worker (it ends the frame it is on), then flush the voice and close the file on
-            # this thread. An awaited executor job was seen never to complete in a cancelled
-            # task, which left the MP4 without its index (unplayable).
-            self.executor.shutdown(wait=True)
+            await self._finish_screen()
+
+    def _finish_screen_blocking(self) -> None:
+        """Stop the worker (it ends the frame it is on), flush the voice, close the screen."""
+        self.executor.shutdown(wait=True)
+        try:
+            self._drain_audio()
+            self.screen.close()
+        except Exception:
+            log.exception("closing the screen failed")
+
+    async def _finish_screen(self) -> None:
+        """Finish the screen off the event loop (an MP4's last frames and index take a while),
+        on a thread of its own, not an executor job: one was seen never to complete in a
+        cancelled task, which left the MP4 without its index. The thread is not a daemon, so
+        a second cancel (or the loop's end) cannot cut the file short: the interpreter waits
+        for it. A main-thread-only screen (the window) is closed here, on the loop's thread."""
+        if self.screen.main_thread_only:
+            self._finish_screen_blocking()
+            return
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not finished.done():
+                finished.set_result(None)
+
+        def finish() -> None:
             try:
-                self._drain_audio()
-                self.screen.close()
-            except Exception:
-                log.exception("closing the screen failed")
+                self._finish_screen_blocking()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                    loop.call_soon_threadsafe(wake)
+
+        threading.Thread(target=finish, name="screen-close").start()
+        await asyncio.shield(finished)
 
 
 def navtalk_url(settings: Settings) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -486,3 +488,41 @@ async def test_a_stalled_avatar_is_renegotiated(
         t.flowing.set()
     await rec.close()
     await server.close()
+
+
+class SlowCloseScreen(NullScreen):
+    """A screen whose close takes 0.5 s, as an MP4's last frames and index on a slow disk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed_on: str | None = None
+
+    def close(self) -> None:
+        time.sleep(0.5)  # the device's own slowness, not a wait for an event
+        self.closed_on = threading.current_thread().name
+
+
+async def test_finishing_the_screen_does_not_block_the_event_loop(
+    bus_settings: BusSettings, make_bus: Callable[..., object]
+) -> None:
+    session = await session_bus(make_bus)
+    screen = SlowCloseScreen()
+    loop = asyncio.get_running_loop()
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+
+    async with running_display(bus_settings, screen, session):
+        tick = asyncio.create_task(ticker())
+        await asyncio.sleep(0.05)  # a few ticks before the stop
+    tick.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await tick
+    assert screen.closed_on == "screen-close"  # finished, off the loop's thread
+    assert max(gaps) < 0.25, f"the loop stalled {max(gaps) * 1000:.0f} ms while closing"
