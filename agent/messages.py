@@ -194,9 +194,7 @@ class SdpMessage(Message, frozen=True, kw_only=True, tag=True):
     sdp_type: Literal["offer", "answer"]
     sdp: str
     ice_servers: list[IceServer] = []  # filled by the session on remote offers
-    # The session's id of the NavTalk socket connection this belongs to (new on every connect);
-    # the display copies it into its answer and candidates. "" = unknown (older senders).
-    connection_id: str = ""
+    connection_id: str = ""  # the session's NavTalk connection this belongs to (new per connect)
 
 
 class IceCandidate(Message, frozen=True, kw_only=True, tag=True):
@@ -205,7 +203,7 @@ class IceCandidate(Message, frozen=True, kw_only=True, tag=True):
     candidate: str
     sdp_mid: str | None = None
     sdp_mline_index: int | None = None
-    connection_id: str = ""  # as SdpMessage.connection_id
+    connection_id: str = ""  # as in SdpMessage: copied by the display into its candidates
 
 
 # --- tools -----------------------------------------------------------------------------------
