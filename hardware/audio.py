@@ -71,6 +71,7 @@ __all__ = [
     "list_devices",
     "open_input",
     "open_output",
+    "rescan_devices",
     "resolve_device",
 ]
 
@@ -117,6 +118,18 @@ def _sounddevice() -> ModuleType:
         raise DeviceError(f"PortAudio is not available ({exc}); install libportaudio2") from exc
     module: ModuleType = sounddevice
     return module
+
+
+def rescan_devices() -> None:
+    """Make PortAudio scan the devices again (it lists them once, when it starts): for a
+    device that came back under a new index. Only with no stream open in this process.
+
+    sounddevice's ``_terminate``/``_initialize`` are the way its documentation gives for
+    this (there is no public call).
+    """
+    sd = _sounddevice()
+    sd._terminate()
+    sd._initialize()
 
 
 def _resampler(in_rate: int, out_rate: int) -> soxr.ResampleStream | None:
@@ -590,18 +603,34 @@ class SoundDeviceOutput(AudioOutput):
         self.channels = 0
         self.status_errors = 0  # PortAudio underflow flags seen
         self.faults = _CallbackFaults("speaker")
+        self._last_callback_ns = 0
         self.callbacks = 0
         self.writes = collections.deque(maxlen=_WRITE_LOG)
 
     @property
     def failed(self) -> DeviceError | None:
+        """Set when the stream stopped on its own, or stopped calling back (a device that
+        hangs instead of failing)."""
+        if self._failed is None and self._stream is not None:
+            quiet_ns = time.monotonic_ns() - self._last_callback_ns
+            if quiet_ns > _STALL_S * 1e9:
+                self._failed = DeviceError(
+                    f"output device {self.device_name!r} stalled: no callback for "
+                    f"{quiet_ns / 1e9:.1f} s"
+                )
         return self._failed
 
     async def start(self, pull: PullFn) -> None:
+        """Open and start; after close() (a device that failed), opens it again."""
         if self._stream is not None:
             return
         sd = _sounddevice()
         self._pull = pull
+        self._failed = None
+        self._closing = False
+        self._flush_requested = False
+        self._fifo = np.zeros(0, np.float32)
+        self._last_callback_ns = time.monotonic_ns()  # the stall clock starts at the open
         self.device_index, self.device_name, self.rate, self.channels = _choose(
             sd, self._spec, "output", self._want_rate, self._want_channels
         )
@@ -623,6 +652,7 @@ class SoundDeviceOutput(AudioOutput):
     def _callback(self, outdata: Any, frames: int, time_info: Any, status: Any) -> None:
         # PortAudio's thread. Never block, never raise: on error, write silence.
         now = time.monotonic_ns()
+        self._last_callback_ns = now
         self.callbacks += 1
         try:
             if status:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 import wave
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent import topics
@@ -32,9 +33,9 @@ from agent.audio.playout import PlayedBlock, Playout, StateChange
 from agent.audio.source import VoiceSource
 from agent.bus import Bus
 from agent.config import Settings
-from agent.errors import DeviceError
 from agent.messages import AudioFrame, BargeIn, Metrics, ResponseDone, SetVolume, SpeakerState
-from hardware.audio import AudioOutput, open_output
+from hardware.audio import AudioOutput, SoundDeviceOutput, open_output, rescan_devices
+from hardware.reopen import reopen
 
 __all__ = ["run"]
 
@@ -65,7 +66,12 @@ async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None
         return pcm
 
     output = device if device is not None else open_output(cfg)
-    await output.start(pull)
+    await output.start(pull)  # a device that cannot open at start ends the service
+
+    def revive() -> Awaitable[int]:  # one that fails later is opened again until it is back
+        rescan = rescan_devices if isinstance(output, SoundDeviceOutput) else None
+        return reopen("speaker device", lambda: output.start(pull), output.close, rescan=rescan)
+
     recorder = _Recorder(Path(cfg.record_path)) if cfg.record_path else None
     log.info(
         "= speaker up: %s, sources %s, period %d ms, jitter %d/%d ms",
@@ -79,7 +85,8 @@ async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(_bus_loop(bus, playout, output, voice), name="speaker-bus")
             tasks.create_task(
-                _played_loop(bus, playout, output, voice, wakeup, recorder, cfg.publish_played,
+                _played_loop(bus, playout, output, revive, voice, wakeup, recorder,
+                             cfg.publish_played,
                              cfg.state_interval_ms / 1000),
                 name="speaker-played",
             )  # fmt: skip
@@ -135,6 +142,7 @@ async def _played_loop(
     bus: Bus,
     playout: Playout,
     output: AudioOutput,
+    revive: Callable[[], Awaitable[object]],
     voice: VoiceSource,
     wakeup: ThreadWakeup,
     recorder: _Recorder | None,
@@ -170,7 +178,8 @@ async def _played_loop(
                     recorder.write(item.pcm)
         output.report()
         if output.failed is not None:
-            raise DeviceError(str(output.failed))
+            log.warning("= %s", output.failed)
+            await revive()
         if time.monotonic() - last_state >= state_interval_s:
             _publish_state(bus, playout)
             last_state = time.monotonic()

@@ -43,7 +43,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MID_SESSION_GRACE_S = 0.5  # wait this long for a server offer before offering ourselves
+# Wait this long for a server offer before offering ourselves. A latched offer comes with the
+# bus's latch replies right after start, within a few ms: this is margin for a loaded host.
+MID_SESSION_GRACE_S = 0.3
 
 
 class Step(enum.StrEnum):
