@@ -13,9 +13,10 @@
 
 Decisions live in the sans-I/O parts (:mod:`agent.video.compose`,
 :mod:`agent.video.negotiation`); this module only feeds them and carries out
-what they say. Decoding and composing run on a worker thread; the screen's
-own calls run there too (encoding must not block the event loop), except for
-the OpenCV window, which Qt requires on the main thread (the loop's).
+what they say. Decoding and composing run on a worker thread, and so does every
+call of the screen, from open to close: the MP4 encoder and the window's
+``imshow``/``waitKey`` never block the event loop (Qt's HighGUI is driven from that
+one thread; see :mod:`hardware.screen`).
 """
 
 from __future__ import annotations
@@ -457,14 +458,22 @@ class _Display:
         finally:  # a second cancel (the runtime's) must not leave the MP4 unfinished
             await self._finish_screen()
 
-    def _finish_screen_blocking(self) -> None:
-        """Stop the worker (it ends the frame it is on), flush the voice, close the screen."""
-        self.executor.shutdown(wait=True)
+    def _close_screen(self) -> None:
+        """Flush the voice and close the screen (on the thread that drives the screen)."""
         try:
             self._drain_audio()
             self.screen.close()
         except Exception:
             log.exception("closing the screen failed")
+
+    def _finish_screen_blocking(self) -> None:
+        """The worker ends the frame it is on, then closes the screen as its last job (a
+        window must be closed by the thread that opened it), and stops."""
+        try:
+            self.executor.submit(self._close_screen)
+        except RuntimeError:  # shut down already (not expected): close from here
+            self._close_screen()
+        self.executor.shutdown(wait=True)
 
     async def _finish_screen(self) -> None:
         """Finish the screen off the event loop (an MP4's last frames and index take a while),
@@ -473,7 +482,8 @@ class _Display:
         a second cancel (or the loop's end) cannot cut the file short: the interpreter waits
         for it. A main-thread-only screen (the window) is closed here, on the loop's thread."""
         if self.screen.main_thread_only:
-            self._finish_screen_blocking()
+            self.executor.shutdown(wait=True)
+            self._close_screen()
             return
         loop = asyncio.get_running_loop()
         finished: asyncio.Future[None] = loop.create_future()
