@@ -98,3 +98,18 @@ def test_kept_deltas_are_bounded() -> None:
         v.on_delta("r1", CHUNK, 24_000, 1, 100 * MS, 0)
     rest = v.tick(10_000 * MS)
     assert rest is not None and len(rest.pcm) <= 600 * 48
+
+
+def test_deltas_without_a_response_id_are_told_apart_by_their_done() -> None:
+    v = VoiceSource()
+    assert v.on_delta("", CHUNK, 24_000, 1, 0, 0) == CHUNK  # the greeting, before WebRTC
+    v.on_done("")
+    webrtc_frames(v, 100, 1000, queued_ms=0)  # played out; WebRTC is live now
+    assert v.on_delta("", CHUNK, 24_000, 1, 1000 * MS, 0) == b""  # the next reply: WebRTC
+    v.on_done("")
+    webrtc_frames(v, 1000, 1500)
+    v2 = VoiceSource()
+    v2.on_delta("r1", CHUNK, 24_000, 1, 0, 0)
+    v2.on_done("r1")
+    webrtc_frames(v2, 0, 40, queued_ms=300)  # r1 still playing
+    assert v2.on_delta("r1", CHUNK, 24_000, 1, 40 * MS, 300) == CHUNK  # a late delta of r1

@@ -13,6 +13,7 @@ the avatar while WebRTC is not up (the greeting is spoken before it connects).
     a DELTAS response ......... its deltas are played, audio.out is held back (dropped) until
                                it has ended (done, or no delta for end_after_ms) and the
                                speaker's queue is empty: no doubling, no gap
+    deltas without a response id: each done ends one response, the next delta starts another
     a WEBRTC response ......... its deltas are kept (bounded), not played; when WebRTC stalls
                                before the response's audio is over, the rest is played from
                                the deltas, from the point WebRTC had reached (estimated by
@@ -117,6 +118,11 @@ class VoiceSource:
         """A navtalk.audio.delta chunk arrived: the PCM to play now (b"" for none).
         ``queued_ms``: the speaker's queue."""
         r = self._responses.get(response_id)
+        if r is not None and (r.ended or (r.done and not response_id)):
+            # Over, and the id comes again: a new response. Deltas without an id (a server
+            # that sends none) are told apart by their done only.
+            del self._responses[response_id]
+            r = None
         if r is None:
             r = self._start(response_id, now_ns, queued_ms)
             r.sample_rate_hz, r.channels = sample_rate_hz, channels
