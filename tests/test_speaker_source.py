@@ -160,3 +160,30 @@ async def test_switch_to_webrtc_mid_conversation_neither_doubles_nor_drops(
     assert [f for f, _ in sound] == [300, 1500], sound  # no 700 (doubling), no 450 (r2 twice)
     assert 48 <= sound[0][1] <= 51, "r1 was cut"
     assert 23 <= sound[1][1] <= 26, "r2 was cut"
+
+
+async def test_webrtc_stalling_mid_reply_finishes_the_reply_from_the_deltas(
+    bus_settings: BusSettings, make_bus: MakeBus, tmp_path: Path
+) -> None:
+    """WebRTC plays r1 (1500 Hz) and stops 0.4 s into it; the deltas (300 Hz, all of r1,
+    received at once) play the rest, from where WebRTC was: nothing lost, nothing twice."""
+    wav = tmp_path / "speaker.wav"
+    test = await make_bus("session", topics.SPEAKER_STATE, media_queue=10_000)
+    device = WavFileOutput(wav, period_ms=20)
+    lead = np.zeros(int(0.2 * 48_000) * 2, np.int16)  # the track's silence before r1
+    track = np.concatenate([lead, _tone(1500.0, 0.4, 48_000, 2)])  # then the link stalls
+    async with running_service("speaker", speaker.run, _settings(bus_settings, wav), device=device):
+        await _wait_speaker_up(test)
+        playing = asyncio.create_task(
+            _publish_paced(test, topics.AUDIO_OUT, track, 48_000, 2, stream_id="")
+        )
+        await asyncio.sleep(0.2)  # pacing the scenario: r1 starts 0.2 s into the track
+        _publish_burst(test, _tone(300.0, 1.0, RATE, 1), "r1")
+        await playing
+        await _idle(test)  # WebRTC went quiet: the stall
+        await _wait_for(test, lambda d: isinstance(d.msg, SpeakerState) and d.msg.playing)
+        await _idle(test)  # the rest of r1, from the deltas
+    sound = _audible(_timeline(wav))
+    assert [f for f, _ in sound] == [1500, 300], sound
+    total = sum(n for _, n in sound)
+    assert 46 <= total <= 53, f"{total * 20} ms of the 1000 ms reply"
