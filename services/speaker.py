@@ -117,7 +117,7 @@ async def _bus_loop(bus: Bus, playout: Playout, output: AudioOutput, voice: Voic
                 log.info("< volume %.2f", msg.level)
             elif isinstance(msg, AudioFrame) and d.topic == topics.AUDIO_OUT:
                 now = time.monotonic_ns()
-                if d.payload and voice.on_webrtc(now, playout.stats()[0]):
+                if d.payload and voice.on_webrtc(now, playout.audible_queued_ms()):
                     playout.push(d.payload[0], msg.sample_rate_hz, msg.channels, msg.stream_id, now)
             elif isinstance(msg, AudioFrame) and d.topic == topics.NAVTALK_AUDIO_DELTA:
                 now = time.monotonic_ns()
@@ -128,7 +128,7 @@ async def _bus_loop(bus: Bus, playout: Playout, output: AudioOutput, voice: Voic
                         msg.sample_rate_hz,
                         msg.channels,
                         now,
-                        playout.stats()[0],
+                        playout.audible_queued_ms(),
                     )
                     if pcm:
                         playout.push(pcm, msg.sample_rate_hz, msg.channels, msg.stream_id, now)

@@ -8,8 +8,10 @@ a tone of its own frequency, so the file tells which copy was played, and when.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -17,7 +19,7 @@ import numpy as np
 
 from agent import topics
 from agent.audio.settings import SpeakerSettings
-from agent.bus import Bus
+from agent.bus import Bus, Delivery
 from agent.config import BusSettings, Settings, default_settings
 from agent.messages import AudioFrame, ResponseDone, SpeakerState
 from hardware.audio import WavFileOutput
@@ -34,7 +36,11 @@ def _settings(bus_settings: BusSettings, wav: Path) -> Settings:
     return msgspec.structs.replace(
         default_settings(),
         bus=bus_settings,
-        speaker=SpeakerSettings(backend="file", wav_path=str(wav), voice_stall_ms=300),
+        # a deeper jitter buffer than the default 60 ms: the test's own paced publishing
+        # lags on a loaded 2-core machine, and an underrun would read as a gap
+        speaker=SpeakerSettings(
+            backend="file", wav_path=str(wav), voice_stall_ms=500, jitter_target_ms=200
+        ),
     )
 
 
@@ -128,34 +134,98 @@ async def test_with_webrtc_live_the_deltas_are_not_played(
     assert 48 <= sound[0][1] <= 51
 
 
+class Track:
+    """The display's side: a live WebRTC voice on audio.out, one 20 ms frame of 48 kHz stereo
+    every 20 ms (silence between what is queued), until ``stop()``."""
+
+    FRAME = 960 * 2  # samples per frame, both channels
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.queued = np.zeros(0, np.int16)
+        self._stop_after_queued = False
+        self.task = asyncio.create_task(self._run())
+
+    def say(self, pcm: Int16Array, *, then_stop: bool = False) -> None:
+        self.queued = np.concatenate([self.queued, pcm])
+        self._stop_after_queued = then_stop
+
+    async def _run(self) -> None:
+        t0 = time.monotonic()
+        k = 0
+        while True:
+            if len(self.queued):
+                frame, self.queued = self.queued[: self.FRAME], self.queued[self.FRAME :]
+            elif self._stop_after_queued:
+                return  # the link stalls: no frame any more
+            else:
+                frame = np.zeros(self.FRAME, np.int16)
+            self.bus.publish(
+                topics.AUDIO_OUT,
+                AudioFrame(sample_rate_hz=48_000, channels=2, capture_mono_ns=time.monotonic_ns()),
+                frame.astype("<i2").tobytes(),
+            )
+            k += 1
+            await asyncio.sleep(max(0.0, t0 + k * 0.02 - time.monotonic()))  # a track's pace
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+def _played(stream_id: str) -> Callable[[Delivery], bool]:
+    """audio.played blocks of ``stream_id`` ("" = the WebRTC voice): that copy is heard."""
+    return lambda d: (
+        d.topic == topics.AUDIO_PLAYED
+        and isinstance(d.msg, AudioFrame)
+        and d.msg.stream_id == stream_id
+        and np.abs(np.frombuffer(d.payload[0], "<i2")).max() > 1000
+    )
+
+
+async def _played_out(test: Bus, stream_id: str) -> None:
+    """Until ``stream_id`` has been played (after one of its audible blocks was seen): an
+    idle speaker.state published after its last audible audio.played block. (The two ride
+    on different planes, so an older idle state may arrive after a newer block: compare
+    the publishers' timestamps, not the arrival order.)"""
+    last_ns = 0
+    heard = _played(stream_id)
+
+    def done(d: Delivery) -> bool:
+        nonlocal last_ns
+        if heard(d):
+            last_ns = max(last_ns, d.mono_ns)
+        return bool(last_ns) and _is_idle(d) and d.mono_ns > last_ns
+
+    await _wait_for(test, done, 10)
+
+
+def _is_idle(d: Delivery) -> bool:
+    return isinstance(d.msg, SpeakerState) and not d.msg.playing
+
+
 async def test_switch_to_webrtc_mid_conversation_neither_doubles_nor_drops(
     bus_settings: BusSettings, make_bus: MakeBus, tmp_path: Path
 ) -> None:
     """r1 starts on deltas; WebRTC comes up during r1 (carrying r1's rest: held back); r2 is
     played from WebRTC and its deltas are ignored."""
     wav = tmp_path / "speaker.wav"
-    test = await make_bus("session", topics.SPEAKER_STATE, media_queue=10_000)
+    test = await make_bus("session", topics.SPEAKER_STATE, topics.AUDIO_PLAYED, media_queue=10_000)
     device = WavFileOutput(wav, period_ms=20)
-
-    def silence(seconds: float) -> Int16Array:
-        return np.zeros(int(seconds * 48_000) * 2, np.int16)
-
-    # WebRTC from t = 0.3 s: r1's rest (700 Hz, would double), a pause, r2 (1500 Hz)
-    track = np.concatenate(
-        [_tone(700.0, 0.7, 48_000, 2), silence(0.5), _tone(1500.0, 0.5, 48_000, 2), silence(0.3)]
-    )
     async with running_service("speaker", speaker.run, _settings(bus_settings, wav), device=device):
         await _wait_speaker_up(test)
-        t0 = time.monotonic()
-        _publish_burst(test, _tone(300.0, 1.0, RATE, 1), "r1")
-        await asyncio.sleep(0.3)  # pacing the scenario: WebRTC connects 0.3 s into r1
-        track_task = asyncio.create_task(
-            _publish_paced(test, topics.AUDIO_OUT, track, 48_000, 2, stream_id="")
-        )
-        await asyncio.sleep(t0 + 1.5 - time.monotonic())  # r2 starts at t = 1.5 s
-        _publish_burst(test, _tone(450.0, 0.5, RATE, 1), "r2")
-        await track_task
-        await _idle(test)
+        _publish_burst(test, _tone(300.0, 1.0, RATE, 1), "r1")  # before WebRTC is up
+        await _wait_for(test, _played("r1"))
+        track = Track(test)  # WebRTC connects during r1, carrying r1's rest
+        track.say(_tone(700.0, 0.6, 48_000, 2))
+        try:
+            await _played_out(test, "r1")
+            track.say(_tone(1500.0, 0.5, 48_000, 2))  # r2, on both copies
+            _publish_burst(test, _tone(450.0, 0.5, RATE, 1), "r2")
+            await _played_out(test, "")
+        finally:
+            await track.stop()
     sound = _audible(_timeline(wav))
     assert [f for f, _ in sound] == [300, 1500], sound  # no 700 (doubling), no 450 (r2 twice)
     assert 48 <= sound[0][1] <= 51, "r1 was cut"
@@ -168,22 +238,20 @@ async def test_webrtc_stalling_mid_reply_finishes_the_reply_from_the_deltas(
     """WebRTC plays r1 (1500 Hz) and stops 0.4 s into it; the deltas (300 Hz, all of r1,
     received at once) play the rest, from where WebRTC was: nothing lost, nothing twice."""
     wav = tmp_path / "speaker.wav"
-    test = await make_bus("session", topics.SPEAKER_STATE, media_queue=10_000)
+    test = await make_bus("session", topics.SPEAKER_STATE, topics.AUDIO_PLAYED, media_queue=10_000)
     device = WavFileOutput(wav, period_ms=20)
-    lead = np.zeros(int(0.2 * 48_000) * 2, np.int16)  # the track's silence before r1
-    track = np.concatenate([lead, _tone(1500.0, 0.4, 48_000, 2)])  # then the link stalls
     async with running_service("speaker", speaker.run, _settings(bus_settings, wav), device=device):
         await _wait_speaker_up(test)
-        playing = asyncio.create_task(
-            _publish_paced(test, topics.AUDIO_OUT, track, 48_000, 2, stream_id="")
-        )
-        await asyncio.sleep(0.2)  # pacing the scenario: r1 starts 0.2 s into the track
-        _publish_burst(test, _tone(300.0, 1.0, RATE, 1), "r1")
-        await playing
-        await _idle(test)  # WebRTC went quiet: the stall
-        await _wait_for(test, lambda d: isinstance(d.msg, SpeakerState) and d.msg.playing)
-        await _idle(test)  # the rest of r1, from the deltas
+        track = Track(test)
+        try:
+            track.say(_tone(1000.0, 0.3, 48_000, 2))  # an earlier reply: WebRTC is live
+            await _played_out(test, "")
+            track.say(_tone(1500.0, 0.4, 48_000, 2), then_stop=True)  # r1, then the stall
+            _publish_burst(test, _tone(300.0, 1.0, RATE, 1), "r1")
+            await _played_out(test, "r1")  # the rest of r1, from the deltas
+        finally:
+            await track.stop()
     sound = _audible(_timeline(wav))
-    assert [f for f, _ in sound] == [1500, 300], sound
-    total = sum(n for _, n in sound)
-    assert 46 <= total <= 53, f"{total * 20} ms of the 1000 ms reply"
+    assert [f for f, _ in sound] == [1000, 1500, 300], sound
+    r1 = sum(n for _, n in sound[1:])
+    assert 46 <= r1 <= 54, f"{r1 * 20} ms of the 1000 ms reply"

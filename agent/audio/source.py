@@ -94,7 +94,8 @@ class VoiceSource:
         return self._last_webrtc_ns is not None and now_ns - self._last_webrtc_ns < self._stall_ns
 
     def on_webrtc(self, now_ns: int, queued_ms: float) -> bool:
-        """An audio.out frame arrived: True to play it. ``queued_ms``: the speaker's queue."""
+        """An audio.out frame arrived: True to play it. ``queued_ms``: the audible voice still
+        queued at the speaker."""
         self._last_webrtc_ns = now_ns
         r = self._on_deltas
         if r is not None:
@@ -116,7 +117,7 @@ class VoiceSource:
         queued_ms: float,
     ) -> bytes:
         """A navtalk.audio.delta chunk arrived: the PCM to play now (b"" for none).
-        ``queued_ms``: the speaker's queue."""
+        ``queued_ms``: the audible voice still queued at the speaker."""
         r = self._responses.get(response_id)
         if r is not None and (r.ended or (r.done and not response_id)):
             # Over, and the id comes again: a new response. Deltas without an id (a server
@@ -197,7 +198,15 @@ class VoiceSource:
             if self._on_webrtc is not None:
                 self._on_webrtc.kept, self._on_webrtc.kept_bytes = [], 0
             self._on_webrtc = r
-        log.info("= voice: response %s from %s", response_id, source)
+        if source is Source.WEBRTC:
+            why = "WebRTC is live"
+        elif playing is not None:
+            why = f"response {playing.response_id!r} is still playing from deltas"
+        elif self._last_webrtc_ns is None:
+            why = "no WebRTC voice yet"
+        else:
+            why = f"WebRTC quiet for {(now_ns - self._last_webrtc_ns) / 1e6:.0f} ms"
+        log.info("= voice: response %s from %s (%s)", response_id, source, why)
         return r
 
     def _over(self, r: _Response, now_ns: int) -> bool:
