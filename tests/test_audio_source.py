@@ -113,3 +113,12 @@ def test_deltas_without_a_response_id_are_told_apart_by_their_done() -> None:
     v2.on_done("r1")
     webrtc_frames(v2, 0, 40, queued_ms=300)  # r1 still playing
     assert v2.on_delta("r1", CHUNK, 24_000, 1, 40 * MS, 300) == CHUNK  # a late delta of r1
+
+
+def test_a_done_that_overtakes_its_deltas_still_ends_the_response() -> None:
+    """done rides the control plane, the deltas the media plane: it may come first."""
+    v = VoiceSource(end_after_ms=60_000)
+    v.on_done("r1")
+    assert v.on_delta("r1", CHUNK, 24_000, 1, 0, 0) == CHUNK
+    assert v.on_webrtc(50 * MS, 0)  # r1 is complete and played out: WebRTC at once
+    assert v.on_delta("r2", CHUNK, 24_000, 1, 60 * MS, 0) == b""

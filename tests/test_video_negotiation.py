@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agent.messages import IceCandidate
 from agent.video.negotiation import (
+    MID_SESSION_GRACE_S,
     Action,
     CandidateVerdict,
     NegotiationPolicy,
@@ -112,8 +113,8 @@ def test_a_failed_answer_waits_then_offers() -> None:
 def test_mid_session_start_offers_after_the_grace_when_no_server_offer_comes() -> None:
     p = NegotiationPolicy(timeout_s=10.0)
     p.on_session(True, 0.0)
-    assert p.tick(0.4) is Action.NONE
-    assert p.tick(0.6) is Action.OFFER
+    assert p.tick(MID_SESSION_GRACE_S - 0.01) is Action.NONE
+    assert p.tick(MID_SESSION_GRACE_S) is Action.OFFER
 
 
 def _connected(stall_s: float = 3.0) -> NegotiationPolicy:

@@ -26,6 +26,7 @@ except after a stall, where the alternative is silence.
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ class VoiceSource:
         self._responses: dict[str, _Response] = {}  # insertion order = arrival order
         self._on_deltas: _Response | None = None  # the DELTAS response playing, if any
         self._on_webrtc: _Response | None = None  # the latest WEBRTC response
+        self._early_done: collections.deque[str] = collections.deque(maxlen=remember)
         self.held_back = 0  # audio.out frames dropped while a DELTAS response played
         self.ignored_deltas = 0  # deltas of WEBRTC responses not played
         self.resumed = 0  # responses finished on deltas after WebRTC stalled
@@ -140,10 +142,14 @@ class VoiceSource:
         return b""
 
     def on_done(self, response_id: str) -> None:
-        """navtalk.audio.done: the response's deltas are complete."""
+        """navtalk.audio.done: the response's deltas are complete. It rides the control plane
+        and may overtake the response's deltas (media plane): a done for a response not seen
+        yet is remembered (except without an id, where a done only separates responses)."""
         r = self._responses.get(response_id)
         if r is not None:
             r.done = True
+        elif response_id:
+            self._early_done.append(response_id)
 
     def on_barge_in(self) -> None:
         for r in (self._on_deltas, self._on_webrtc):
@@ -189,6 +195,9 @@ class VoiceSource:
             self._on_deltas = playing = None
         source = Source.WEBRTC if self.webrtc_live(now_ns) and playing is None else Source.DELTAS
         r = _Response(response_id, source, now_ns, now_ns)
+        if response_id and response_id in self._early_done:
+            self._early_done.remove(response_id)
+            r.done = True
         self._responses[response_id] = r
         while len(self._responses) > self._remember:
             del self._responses[next(iter(self._responses))]
