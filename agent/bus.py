@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Self
 
@@ -33,8 +33,21 @@ from agent import topics
 from agent.bus_stats import BurstLog, BusStats, peek_sender
 from agent.config import BusSettings, PlaneEndpoints
 from agent.errors import BusError, MessageDecodeError
-from agent.latch import LATCH_REPLY_PREFIX, LATCH_REQUEST, LatchStore, parse_request
-from agent.messages import AnyMessage, Envelope, Message, decode_envelope, encode_envelope
+from agent.latch import (
+    LATCH_REPLY_PREFIX,
+    LATCH_REQUEST,
+    MAX_LATCH,
+    LatchStore,
+    parse_request,
+)
+from agent.messages import (
+    MAX_BODY_BYTES,
+    AnyMessage,
+    Envelope,
+    Message,
+    decode_envelope,
+    encode_envelope,
+)
 from agent.proxy import MAX_FRAME_BYTES, Proxy
 
 __all__ = ["Bus", "BusSettings", "BusStats", "Delivery", "PlaneEndpoints", "Proxy"]
@@ -44,6 +57,7 @@ log = logging.getLogger(__name__)
 INTERNAL_PREFIX = "_"  # bus-internal topics (probes, latch requests and replies); no service's
 PROBE_PREFIX = "_probe."  # bus-internal topic used by Bus.start() to know it is connected
 MAX_SEQ_KEYS = 4096  # (sender, topic) pairs whose sequence numbers are followed
+MAX_RECENT = 1024  # control messages remembered to drop a latched re-send of one we have
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +98,7 @@ class Bus:
         self._sub: dict[topics.Plane, zmq.asyncio.Socket] = {}
         self._seq: dict[str, int] = collections.defaultdict(int)
         self._last_seen: dict[tuple[str, str], int] = {}
+        self._recent: dict[tuple[str, str, int, int], None] = {}  # see MAX_RECENT
         self._control: collections.deque[Delivery] = collections.deque(maxlen=control_queue)
         self._media: collections.deque[Delivery] = collections.deque(maxlen=media_queue)
         self._wakeup = asyncio.Event()
@@ -93,7 +108,9 @@ class Bus:
         self._reply_topic = f"{LATCH_REPLY_PREFIX}{self._id}"
         self._latch = LatchStore()
         self._probe_seen: set[topics.Plane] = set()
+        self._probe_nonce = b""
         self._probe_event = asyncio.Event()
+        self._declared: topics.ServiceTopics | None = None  # see declare()
         self._failure: BusError | None = None  # set when a reader died: recv() raises it
         self._drops = BurstLog()
         self._drops_timer: asyncio.TimerHandle | None = None
@@ -120,6 +137,13 @@ class Bus:
                     sock.setsockopt(zmq.SUBSCRIBE, name.encode())
         if self._connected and new_control:  # started: ask the holders of latched topics now
             self._request_latched(new_control)
+
+    def declare(self, declared: topics.ServiceTopics, *, without: Iterable[str] = ()) -> None:
+        """Subscribe to the declared reads (less ``without``: reads this configuration does
+        not need) and from now on refuse (BusError) to publish outside the declared writes:
+        what a service does cannot drift from what it declares."""
+        self._declared = declared
+        self.subscribe(*declared.subscriptions(without=without))
 
     @staticmethod
     def _planes_for(prefix: str) -> set[topics.Plane]:
@@ -161,27 +185,51 @@ class Bus:
             self._readers.append(
                 asyncio.create_task(self._reader(plane, sub), name=f"bus-reader-{plane}")
             )
+        missing = await self._probe(timeout)
+        if missing:
+            await self.close()
+            raise BusError(
+                f"bus not reachable within {timeout:.0f} s ({missing} plane): is the proxy "
+                f"running at {self._settings.control.publish}?"
+            )
+        log.debug("= bus connected as %s", self._id)
+        self._connected = True
+        if self._prefixes[topics.Plane.CONTROL]:
+            self._request_latched(sorted(self._prefixes[topics.Plane.CONTROL]))
+
+    async def sync(self, timeout: float = 10.0) -> None:
+        """Return once every subscription made so far (also by :meth:`subscribe` after
+        :meth:`start`) is in force at the proxy: from then on, nothing published on those
+        topics by anyone is lost on its way to this client."""
+        if not self._connected:
+            raise BusError("Bus.sync() before Bus.start()")
+        missing = await self._probe(timeout)
+        if missing:
+            raise BusError(f"bus sync: no probe back within {timeout:.0f} s ({missing} plane)")
+
+    async def _probe(self, timeout: float) -> str:
+        """Publish a fresh probe on each plane until each came back through the proxy's XPUB:
+        our SUB's subscriptions travel in order, so the ones made before it are in place
+        too (and every publisher sends everything to the proxy: see agent.proxy). Returns
+        the planes whose probe did not come back, or ""."""
+        planes = {topics.Plane.CONTROL, topics.Plane.MEDIA}
+        self._probe_nonce = uuid.uuid4().bytes  # a late copy of an older probe does not count
+        self._probe_seen.clear()
         deadline = time.monotonic() + timeout
         while self._probe_seen != planes:
             if time.monotonic() > deadline:
-                missing = ", ".join(sorted(p.value for p in planes - self._probe_seen))
-                await self.close()
-                raise BusError(
-                    f"bus not reachable within {timeout:.0f} s ({missing} plane): is the proxy "
-                    f"running at {self._settings.control.publish}?"
-                )
+                return ", ".join(sorted(p.value for p in planes - self._probe_seen))
             for plane in planes - self._probe_seen:
-                self._pub[plane].send(self._probe_topic.encode(), zmq.NOBLOCK)
+                self._pub[plane].send_multipart(
+                    [self._probe_topic.encode(), self._probe_nonce], zmq.NOBLOCK
+                )
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
             # cancellation that arrives as the awaited thing completes.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(0.02):
                     await self._probe_event.wait()
             self._probe_event.clear()
-        log.debug("= bus connected as %s", self._id)
-        self._connected = True
-        if self._prefixes[topics.Plane.CONTROL]:
-            self._request_latched(sorted(self._prefixes[topics.Plane.CONTROL]))
+        return ""
 
     def _request_latched(self, prefixes: list[str]) -> None:
         """Ask every bus client for its latched messages under ``prefixes`` (answered on our
@@ -216,6 +264,8 @@ class Bus:
             raise BusError(
                 f"topic {topic!r} carries {spec.type.__name__}, not {type(msg).__name__}"
             )
+        if self._declared is not None and not self._declared.may_write(topic):
+            raise BusError(f"{self.sender} publishes {topic!r}, which it does not declare")
         pub = self._pub.get(spec.plane)
         if pub is None:
             raise BusError("Bus.publish() before Bus.start()")
@@ -223,18 +273,20 @@ class Bus:
         if any(len(frame) > limit for frame in payload):
             # the proxy would refuse it by disconnecting us: refuse it here, loudly
             raise BusError(f"{topic}: a payload frame is over the {limit}-byte limit")
-        self._seq[topic] += 1
+        if latch and spec.plane is not topics.Plane.CONTROL:
+            raise BusError(f"latch on {topic!r}: only control-plane topics can be latched")
+        if not 0 <= latch <= MAX_LATCH:
+            raise BusError(f"latch depth must be 0..{MAX_LATCH}, not {latch}")
         typed: AnyMessage = msg  # type: ignore[assignment]  # checked against the table above
+        seq = self._seq[topic] + 1
         body = encode_envelope(
-            Envelope(self.sender, self._seq[topic], time.monotonic_ns(), time.time_ns(), typed)
+            Envelope(self.sender, seq, time.monotonic_ns(), time.time_ns(), typed)
         )
+        if len(body) > MAX_BODY_BYTES:  # every receiver would drop it
+            raise BusError(f"{topic}: body of {len(body)} bytes, limit {MAX_BODY_BYTES}")
+        self._seq[topic] = seq
         if latch:
-            if spec.plane is not topics.Plane.CONTROL:
-                raise BusError(f"latch on {topic!r}: only control-plane topics can be latched")
-            try:
-                self._latch.keep(topic, [topic.encode(), body, *map(bytes, payload)], latch)
-            except ValueError as exc:
-                raise BusError(str(exc)) from exc
+            self._latch.keep(topic, [topic.encode(), body, *map(bytes, payload)], latch)
         try:
             pub.send_multipart([topic.encode(), body, *payload], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -258,8 +310,10 @@ class Bus:
         try:
             await self._read(plane, sock)
         except asyncio.CancelledError:
-            if not self._closed:
-                self._fail(plane, BusError("cancelled"))
+            if not self._closed:  # not by close(): the loop is going away, most likely
+                log.warning("bus reader (%s plane) cancelled before close()", plane.value)
+                self._failure = BusError(f"bus reader ({plane.value} plane) was cancelled")
+                self._wakeup.set()
             raise
         except BaseException as exc:
             if not self._closed:
@@ -301,8 +355,9 @@ class Bus:
     def _internal(self, plane: topics.Plane, topic: str, frames: list[bytes]) -> Delivery | None:
         """A bus-internal message: our probe, somebody's latch request, or a latch reply."""
         if topic == self._probe_topic:
-            self._probe_seen.add(plane)
-            self._probe_event.set()
+            if frames[1:] == [self._probe_nonce]:
+                self._probe_seen.add(plane)
+                self._probe_event.set()
         elif plane is not topics.Plane.CONTROL:
             pass
         elif topic == LATCH_REQUEST:
@@ -381,7 +436,16 @@ class Bus:
             why = f"{type(env.msg).__name__} (topic carries {spec.type.__name__})"
             self._dropped(topic, env.sender[:40], why)
             return None
-        if not replayed:  # a re-sent latched message is an old one: no gap bookkeeping
+        copy = (env.sender, topic, env.seq, env.mono_ns)
+        if replayed:
+            if copy in self._recent:  # got it live already (it always comes first): once is enough
+                self.stats.replay_duplicates += 1
+                return None
+        else:  # a re-sent latched message is an old one: no gap bookkeeping
+            if spec.plane is topics.Plane.CONTROL:
+                self._recent[copy] = None
+                if len(self._recent) > MAX_RECENT:
+                    del self._recent[next(iter(self._recent))]
             key = (env.sender, topic)
             last = self._last_seen.pop(key, None)  # re-inserted: the dict stays in LRU order
             if last is not None and env.seq > last + 1:

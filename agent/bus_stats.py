@@ -31,6 +31,7 @@ class BusStats:
     latch_requests: int = 0  # latch requests answered (ours included)
     latch_resent: int = 0  # latched messages re-sent to late subscribers
     replayed: int = 0  # latched messages received as a re-send
+    replay_duplicates: int = 0  # re-sends dropped because the live copy had come already
     per_topic: dict[str, int] = field(default_factory=dict)  # by declared topic ("health.*")
 
     def count_decode_error(self, topic: str, sender: str) -> None:

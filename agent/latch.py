@@ -11,8 +11,9 @@ Sans-I/O: this module only keeps frames and answers "what matches these prefixes
                          ◀── _latch.to.<requester id> [topic, body, *payload]  (per kept message,
                                                         oldest first, across topics)
 
-A re-sent message carries its original envelope (same sender, seq and timestamps) and may
-arrive twice (once live, once re-sent): consumers must be idempotent.
+A re-sent message carries its original envelope (same sender, seq and timestamps). The
+receiving Bus drops a re-send of a message it got live already (the live copy always comes
+first); consumers must be idempotent all the same (the contract allows a duplicate).
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ from agent.messages import HealthStatus, Heartbeat, Shutdown
 
 log = logging.getLogger(__name__)
 
+# the runtime's own connection in every service process (the service declares its own)
+RUNTIME_TOPICS = topics.ServiceTopics(reads=(topics.CONTROL_SHUTDOWN,), writes=(topics.HEALTH,))
+
 
 class ServiceMain(Protocol):
     def __call__(self, settings: Settings, bus: Bus) -> Coroutine[Any, Any, None]: ...
@@ -98,7 +101,7 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
         loop.add_signal_handler(signum, on_signal, signum)
 
     control = Bus(settings.bus, f"{name}.runtime")
-    control.subscribe(topics.CONTROL_SHUTDOWN)
+    control.declare(RUNTIME_TOPICS)
     await control.start()
     bus = Bus(settings.bus, name)
     service: asyncio.Task[None] = asyncio.create_task(main(settings, bus), name=f"service-{name}")

@@ -42,6 +42,11 @@ from agent.runtime import heartbeat_loop
 
 log = logging.getLogger(__name__)
 
+SUPERVISOR_TOPICS = topics.ServiceTopics(
+    reads=(topics.HEALTH, topics.METRICS, topics.VIDEO_STATS),
+    writes=(topics.CONTROL_SHUTDOWN, topics.HEALTH),  # health.supervisor
+)
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -172,7 +177,7 @@ class Supervisor:
         self._proxy = Proxy(self.settings.bus)
         self._proxy.start()
         self._bus = Bus(self.settings.bus, topics.SUPERVISOR)
-        self._bus.subscribe("health.", "metrics.", topics.VIDEO_STATS)
+        self._bus.declare(SUPERVISOR_TOPICS)
         try:
             if self._sup.metrics_port:
                 self._metrics = _MetricsExporter(

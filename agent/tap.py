@@ -23,6 +23,7 @@ from agent.bus import INTERNAL_PREFIX
 from agent.errors import MessageDecodeError
 from agent.logs import redact
 from agent.messages import decode_envelope
+from agent.proxy import MAX_FRAME_BYTES
 
 _MAX_STR = 80
 
@@ -105,6 +106,7 @@ async def tap(
     for ep in endpoints:
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, max(MAX_FRAME_BYTES.values()))  # refused, not allocated
         sock.connect(ep)
         for p in prefixes or [""]:
             sock.setsockopt(zmq.SUBSCRIBE, p.encode())

@@ -1,7 +1,13 @@
-"""The topic table: which message type rides on which topic, who publishes it, who reads it.
+"""The topic table: which message type rides on which topic, on which plane.
 
-Declared once, here. The bus refuses to publish a message on a topic that
-does not carry its type, and ``tests/test_topics.py`` checks that the graph
+Declared once, here; the bus refuses to publish a message on a topic that does
+not carry its type. Who reads and writes a topic is declared by each party next
+to its code, as a :class:`ServiceTopics` (``services/<name>.py`` ``TOPICS``,
+``agent.runtime.RUNTIME_TOPICS``, ``agent.supervisor.SUPERVISOR_TOPICS``, and
+:data:`EXTERNAL_TOPICS` here for integrators). A service subscribes with
+``bus.declare(TOPICS)``, which subscribes to its reads and refuses a publish
+outside its writes, so a declaration cannot drift from what the service does;
+``tests/test_topics.py`` builds the graph from the declarations and checks it
 has no orphan (a topic somebody publishes and nobody reads, or the reverse).
 
 Topics ending in ``.*`` are families: the last part is the sending service's
@@ -16,6 +22,7 @@ tool result out of a queue.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent import messages as m
@@ -82,8 +89,6 @@ class TopicSpec:
     name: str
     type: type[m.Message]
     plane: Plane
-    publishers: frozenset[str]
-    subscribers: frozenset[str]
     doc: str
 
     @property
@@ -96,115 +101,56 @@ class TopicSpec:
         return self.name[:-1] if self.is_family else self.name
 
 
-def _t(
-    name: str,
-    type_: type[m.Message],
-    plane: Plane,
-    pub: tuple[str, ...],
-    sub: tuple[str, ...],
-    doc: str,
-) -> TopicSpec:
-    return TopicSpec(name, type_, plane, frozenset(pub), frozenset(sub), doc)
+def _t(name: str, type_: type[m.Message], plane: Plane, *rest: object) -> TopicSpec:
+    """``_t(name, type, plane, doc)``. (The older form with publisher and reader tuples
+    before ``doc`` is accepted and the tuples ignored: the graph comes from declarations.)"""
+    doc = rest[-1]
+    if not isinstance(doc, str) or len(rest) not in (1, 3):
+        raise TypeError(f"_t({name!r}, ...): expected (name, type, plane, doc)")
+    return TopicSpec(name, type_, plane, doc)
 
 
 _C, _M = Plane.CONTROL, Plane.MEDIA
-_ALL = (*SERVICES, SUPERVISOR)
 
 TOPICS: dict[str, TopicSpec] = {
     t.name: t
     for t in (
-        _t(AUDIO_MIC, m.AudioFrame, _M, (MIC,), (SESSION,), "24 kHz mono PCM16, 20 ms frames"),
-        _t(AUDIO_OUT, m.AudioFrame, _M, (DISPLAY,), (SPEAKER,), "avatar voice from WebRTC"),
-        _t(AUDIO_PLAYED, m.AudioFrame, _M, (SPEAKER,), (MIC,), "what was played: echo reference"),
-        _t(VAD_STATE, m.VadState, _C, (MIC,), (DISPLAY,), "local voice activity"),
-        _t(MIC_PREROLL_REQUEST, m.PreRollRequest, _C, (SESSION,), (MIC,), "ask for pre-roll"),
-        _t(MIC_PREROLL, m.PreRoll, _C, (MIC,), (SESSION,), "recent mic audio"),
-        _t(
-            NAVTALK_CONNECTION,
-            m.ConnectionEvent,
-            _C,
-            (SESSION,),
-            (DISPLAY, EXTERNAL),
-            "conversation.connected.*",
-        ),
-        _t(NAVTALK_SPEECH, m.ServerSpeech, _C, (SESSION,), (DISPLAY,), "server VAD"),
-        _t(
-            NAVTALK_TRANSCRIPT_USER,
-            m.UserTranscript,
-            _C,
-            (SESSION,),
-            (DISPLAY,),
-            "guest transcript",
-        ),
-        _t(
-            NAVTALK_TRANSCRIPT_ASSISTANT,
-            m.AssistantTranscript,
-            _C,
-            (SESSION,),
-            (DISPLAY,),
-            "avatar transcript pieces and whole",
-        ),
-        _t(
-            NAVTALK_AUDIO_DELTA,
-            m.AudioFrame,
-            _M,
-            (SESSION,),
-            (SPEAKER,),
-            "audio-only mode voice, 24 kHz",
-        ),
-        _t(
-            NAVTALK_AUDIO_DONE,
-            m.ResponseDone,
-            _C,
-            (SESSION,),
-            (SPEAKER, DISPLAY),
-            "response audio complete",
-        ),
-        _t(
-            NAVTALK_FUNCTION_CALL,
-            m.FunctionCall,
-            _C,
-            (SESSION,),
-            (EXTERNAL,),
-            "the model called a function",
-        ),
-        _t(NAVTALK_OTHER, m.OtherEvent, _C, (SESSION,), (EXTERNAL,), "other/unknown events"),
-        _t(WEBRTC_REMOTE_OFFER, m.SdpMessage, _C, (SESSION,), (DISPLAY,), "server offer"),
-        _t(WEBRTC_REMOTE_ANSWER, m.SdpMessage, _C, (SESSION,), (DISPLAY,), "server answer"),
-        _t(WEBRTC_REMOTE_ICE, m.IceCandidate, _C, (SESSION,), (DISPLAY,), "server candidate"),
-        _t(WEBRTC_LOCAL_OFFER, m.SdpMessage, _C, (DISPLAY,), (SESSION,), "display offer"),
-        _t(WEBRTC_LOCAL_ANSWER, m.SdpMessage, _C, (DISPLAY,), (SESSION,), "display answer"),
-        _t(WEBRTC_LOCAL_ICE, m.IceCandidate, _C, (DISPLAY,), (SESSION,), "display candidate"),
-        _t(TOOL_CALL, m.ToolCall, _C, (SESSION,), (TOOLS,), "run a tool"),
-        _t(
-            TOOL_RESULT,
-            m.ToolResult,
-            _C,
-            (TOOLS, SESSION),
-            (SESSION, DISPLAY),
-            "tool outcome (the session publishes the error results it makes itself)",
-        ),
-        _t(TOOL_CATALOG, m.ToolCatalog, _C, (TOOLS,), (SESSION,), "tool schemas"),
-        _t(TOOL_DESCRIBE, m.ToolDescribe, _C, (SESSION,), (TOOLS,), "ask for the catalog"),
-        _t(ROBOT_COMMAND, m.RobotCommand, _C, (TOOLS,), (EXTERNAL,), "robot commands"),
-        _t(SESSION_STATE, m.SessionState, _C, (SESSION,), (DISPLAY, MIC, TOOLS), "session phase"),
-        _t(CONTROL_BARGE_IN, m.BargeIn, _C, (SESSION,), (SPEAKER, DISPLAY), "stop playback"),
-        _t(CONTROL_SHUTDOWN, m.Shutdown, _C, (SUPERVISOR,), _ALL[:-1], "stop cleanly"),
-        _t(CONTROL_VOLUME, m.SetVolume, _C, (TOOLS, EXTERNAL), (SPEAKER,), "speaker volume"),
-        _t(
-            CONTROL_SESSION,
-            m.SessionControl,
-            _C,
-            (TOOLS, EXTERNAL),
-            (SESSION,),
-            "start/end the session",
-        ),
-        _t(INPUT_TEXT, m.TextInput, _C, (EXTERNAL,), (SESSION,), "typed user text"),
-        _t(INPUT_IMAGE, m.ImageInput, _C, (TOOLS, EXTERNAL), (SESSION,), "image for the model"),
-        _t(SPEAKER_STATE, m.SpeakerState, _C, (SPEAKER,), (MIC, DISPLAY, SESSION), "playing/idle"),
-        _t(VIDEO_STATS, m.VideoStats, _C, (DISPLAY,), (SUPERVISOR,), "display counters"),
-        _t(HEALTH, m.Heartbeat, _C, _ALL, (SUPERVISOR, SESSION), "heartbeats (the session: tools)"),
-        _t(METRICS, m.Metrics, _C, _ALL, (SUPERVISOR,), "counters and gauges"),
+        _t(AUDIO_MIC, m.AudioFrame, _M, "24 kHz mono PCM16, 20 ms frames"),
+        _t(AUDIO_OUT, m.AudioFrame, _M, "avatar voice from WebRTC"),
+        _t(AUDIO_PLAYED, m.AudioFrame, _M, "what was played: echo reference"),
+        _t(VAD_STATE, m.VadState, _C, "local voice activity"),
+        _t(MIC_PREROLL_REQUEST, m.PreRollRequest, _C, "ask for pre-roll"),
+        _t(MIC_PREROLL, m.PreRoll, _C, "recent mic audio"),
+        _t(NAVTALK_CONNECTION, m.ConnectionEvent, _C, "conversation.connected.*"),
+        _t(NAVTALK_SPEECH, m.ServerSpeech, _C, "server VAD"),
+        _t(NAVTALK_TRANSCRIPT_USER, m.UserTranscript, _C, "guest transcript"),
+        _t(NAVTALK_TRANSCRIPT_ASSISTANT, m.AssistantTranscript, _C, "avatar transcript"),
+        _t(NAVTALK_AUDIO_DELTA, m.AudioFrame, _M, "audio-only mode voice, 24 kHz"),
+        _t(NAVTALK_AUDIO_DONE, m.ResponseDone, _C, "response audio complete"),
+        _t(NAVTALK_FUNCTION_CALL, m.FunctionCall, _C, "the model called a function"),
+        _t(NAVTALK_OTHER, m.OtherEvent, _C, "other/unknown events"),
+        _t(WEBRTC_REMOTE_OFFER, m.SdpMessage, _C, "server offer"),
+        _t(WEBRTC_REMOTE_ANSWER, m.SdpMessage, _C, "server answer"),
+        _t(WEBRTC_REMOTE_ICE, m.IceCandidate, _C, "server candidate"),
+        _t(WEBRTC_LOCAL_OFFER, m.SdpMessage, _C, "display offer"),
+        _t(WEBRTC_LOCAL_ANSWER, m.SdpMessage, _C, "display answer"),
+        _t(WEBRTC_LOCAL_ICE, m.IceCandidate, _C, "display candidate"),
+        _t(TOOL_CALL, m.ToolCall, _C, "run a tool"),
+        _t(TOOL_RESULT, m.ToolResult, _C, "tool outcome (also the session's own error results)"),
+        _t(TOOL_CATALOG, m.ToolCatalog, _C, "tool schemas"),
+        _t(TOOL_DESCRIBE, m.ToolDescribe, _C, "ask for the catalog"),
+        _t(ROBOT_COMMAND, m.RobotCommand, _C, "robot commands"),
+        _t(SESSION_STATE, m.SessionState, _C, "session phase"),
+        _t(CONTROL_BARGE_IN, m.BargeIn, _C, "stop playback"),
+        _t(CONTROL_SHUTDOWN, m.Shutdown, _C, "stop cleanly"),
+        _t(CONTROL_VOLUME, m.SetVolume, _C, "speaker volume"),
+        _t(CONTROL_SESSION, m.SessionControl, _C, "start/end the session"),
+        _t(INPUT_TEXT, m.TextInput, _C, "typed user text"),
+        _t(INPUT_IMAGE, m.ImageInput, _C, "image for the model"),
+        _t(SPEAKER_STATE, m.SpeakerState, _C, "playing/idle"),
+        _t(VIDEO_STATS, m.VideoStats, _C, "display counters"),
+        _t(HEALTH, m.Heartbeat, _C, "heartbeats"),
+        _t(METRICS, m.Metrics, _C, "counters and gauges"),
     )
 }
 
@@ -221,9 +167,72 @@ def spec_for(topic: str) -> TopicSpec:
     return family
 
 
-def published_by(party: str) -> list[TopicSpec]:
-    return [t for t in TOPICS.values() if party in t.publishers]
+def declared_spec(name: str) -> TopicSpec:
+    """The spec of a declared name: a topic, a family (``health.*``) or a family member."""
+    return TOPICS[name] if name in TOPICS else spec_for(name)
 
 
-def subscribed_by(party: str) -> list[TopicSpec]:
-    return [t for t in TOPICS.values() if party in t.subscribers]
+@dataclass(frozen=True)
+class ServiceTopics:
+    """What one party reads and writes on the bus, declared next to its code.
+
+    Names are topics (``audio.mic``), families (``metrics.*``: any member) or family
+    members (``health.tools``). A service hands its declaration to
+    :meth:`agent.bus.Bus.declare`, which subscribes to the reads and refuses publishes
+    outside the writes.
+    """
+
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+
+    def __init__(self, *, reads: Iterable[str] = (), writes: Iterable[str] = ()):
+        object.__setattr__(self, "reads", tuple(reads))
+        object.__setattr__(self, "writes", tuple(writes))
+        for name in (*self.reads, *self.writes):
+            try:
+                declared_spec(name)
+            except KeyError as exc:
+                raise ValueError(f"declared topic {name!r} is not in agent.topics") from exc
+
+    def subscriptions(self, *, without: Iterable[str] = ()) -> list[str]:
+        """The subscription prefixes for the reads, less ``without`` (reads this
+        configuration does not need; each must be a declared read)."""
+        skip = set(without)
+        if not skip <= set(self.reads):
+            raise ValueError(f"not declared as reads: {sorted(skip - set(self.reads))}")
+        return [declared_spec(n).prefix if n in TOPICS else n for n in self.reads if n not in skip]
+
+    def may_write(self, topic: str) -> bool:
+        """Whether the concrete ``topic`` is declared as written (by name or by family)."""
+        return topic in self.writes or spec_for(topic).name in self.writes
+
+    def read_specs(self) -> set[TopicSpec]:
+        return {declared_spec(n) for n in self.reads}
+
+    def write_specs(self) -> set[TopicSpec]:
+        return {declared_spec(n) for n in self.writes}
+
+
+# Integrators' code (taps, recorders, robot controllers, the demo's inputs): the public
+# topics of navtalk-agent. Reads: what the agent offers them; writes: what they may ask.
+EXTERNAL_TOPICS = ServiceTopics(
+    reads=(
+        NAVTALK_CONNECTION,
+        NAVTALK_FUNCTION_CALL,
+        NAVTALK_OTHER,
+        NAVTALK_AUDIO_DONE,  # the avatar finished a reply (e.g. a robot waits for it to move)
+        ROBOT_COMMAND,
+    ),
+    writes=(CONTROL_VOLUME, CONTROL_SESSION, INPUT_TEXT, INPUT_IMAGE),
+)
+
+
+def graph(parties: dict[str, ServiceTopics]) -> dict[str, tuple[set[str], set[str]]]:
+    """Every topic -> (who writes it, who reads it), from the parties' declarations."""
+    edges: dict[str, tuple[set[str], set[str]]] = {name: (set(), set()) for name in TOPICS}
+    for party, declared in parties.items():
+        for spec in declared.write_specs():
+            edges[spec.name][0].add(party)
+        for spec in declared.read_specs():
+            edges[spec.name][1].add(party)
+    return edges

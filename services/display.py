@@ -523,18 +523,27 @@ def _load_idle_image(path: str) -> Image | None:
     return np.asarray(image, dtype=np.uint8)
 
 
-SUBSCRIPTIONS = (
-    topics.WEBRTC_REMOTE_OFFER,
-    topics.WEBRTC_REMOTE_ANSWER,
-    topics.WEBRTC_REMOTE_ICE,
-    topics.SESSION_STATE,
-    topics.NAVTALK_CONNECTION,
-    topics.NAVTALK_TRANSCRIPT_USER,
-    topics.NAVTALK_TRANSCRIPT_ASSISTANT,
-    topics.NAVTALK_SPEECH,
-    topics.VAD_STATE,
-    topics.SPEAKER_STATE,
-    topics.CONTROL_BARGE_IN,
+TOPICS = topics.ServiceTopics(
+    reads=(
+        topics.WEBRTC_REMOTE_OFFER,
+        topics.WEBRTC_REMOTE_ANSWER,
+        topics.WEBRTC_REMOTE_ICE,
+        topics.SESSION_STATE,
+        topics.NAVTALK_CONNECTION,
+        topics.NAVTALK_TRANSCRIPT_USER,
+        topics.NAVTALK_TRANSCRIPT_ASSISTANT,
+        topics.NAVTALK_SPEECH,
+        topics.VAD_STATE,
+        topics.SPEAKER_STATE,
+        topics.CONTROL_BARGE_IN,
+    ),
+    writes=(
+        topics.WEBRTC_LOCAL_OFFER,
+        topics.WEBRTC_LOCAL_ANSWER,
+        topics.WEBRTC_LOCAL_ICE,
+        topics.AUDIO_OUT,
+        topics.VIDEO_STATS,
+    ),
 )
 
 
@@ -544,7 +553,7 @@ async def run(settings: Settings, bus: Bus, *, screen: Screen | None = None) -> 
     ds = settings.display
     host = ice_host(ds.webrtc_host, navtalk_url(settings))  # ConfigError: nothing could connect
     log.info("= ICE host candidates on %s", host or "every interface")
-    bus.subscribe(*SUBSCRIPTIONS)
+    bus.declare(TOPICS)
     await bus.start()
     if screen is None:
         screen = open_screen(ds)

@@ -44,16 +44,19 @@ log = logging.getLogger(__name__)
 
 METRICS_INTERVAL_S = 5.0
 
+TOPICS = topics.ServiceTopics(
+    reads=(topics.SPEAKER_STATE, topics.MIC_PREROLL_REQUEST, topics.AUDIO_PLAYED),
+    writes=(topics.AUDIO_MIC, topics.VAD_STATE, topics.MIC_PREROLL, topics.METRICS),
+)
+
 
 async def run(settings: Settings, bus: Bus, *, device: AudioInput | None = None) -> None:
     """Capture and publish until cancelled. ``device`` is built from ``settings.mic`` when not
     given (an injected device is started and closed here too)."""
     cfg = settings.mic
     core = CaptureCore(cfg)
-    wanted = [topics.SPEAKER_STATE, topics.MIC_PREROLL_REQUEST]
-    if core.echo.mode is EchoMode.SOFTWARE_AEC:
-        wanted.append(topics.AUDIO_PLAYED)
-    bus.subscribe(*wanted)
+    aec = core.echo.mode is EchoMode.SOFTWARE_AEC
+    bus.declare(TOPICS, without=() if aec else (topics.AUDIO_PLAYED,))
     await bus.start()
     source = device if device is not None else open_input(cfg)
     await source.start()

@@ -150,7 +150,7 @@ async def run(settings: Settings, bus: Bus, *, license: str | None = None) -> No
                 raise
             license = EMULATOR_LICENSE
     service = SessionService(settings, bus, license)
-    bus.subscribe(*SUBSCRIPTIONS)
+    bus.declare(TOPICS)
     await bus.start()
     await service.run()
 
@@ -853,17 +853,40 @@ class SessionService:
         await self.end_session("conversation ended after the avatar's last words")
 
 
-SUBSCRIPTIONS = (
-    topics.AUDIO_MIC,
-    f"health.{topics.TOOLS}",  # a new pid: the calls the old process held are lost
-    topics.MIC_PREROLL,
-    topics.TOOL_RESULT,
-    topics.TOOL_CATALOG,
-    "webrtc.local.",
-    topics.INPUT_TEXT,
-    topics.INPUT_IMAGE,
-    topics.CONTROL_SESSION,
-    topics.SPEAKER_STATE,
+TOPICS = topics.ServiceTopics(
+    reads=(
+        topics.AUDIO_MIC,
+        f"health.{topics.TOOLS}",  # a new pid: the calls the old process held are lost
+        topics.MIC_PREROLL,
+        topics.TOOL_RESULT,
+        topics.TOOL_CATALOG,
+        topics.WEBRTC_LOCAL_OFFER,
+        topics.WEBRTC_LOCAL_ANSWER,
+        topics.WEBRTC_LOCAL_ICE,
+        topics.INPUT_TEXT,
+        topics.INPUT_IMAGE,
+        topics.CONTROL_SESSION,
+        topics.SPEAKER_STATE,
+    ),
+    writes=(
+        topics.NAVTALK_CONNECTION,
+        topics.NAVTALK_SPEECH,
+        topics.NAVTALK_TRANSCRIPT_USER,
+        topics.NAVTALK_TRANSCRIPT_ASSISTANT,
+        topics.NAVTALK_AUDIO_DELTA,
+        topics.NAVTALK_AUDIO_DONE,
+        topics.NAVTALK_FUNCTION_CALL,
+        topics.NAVTALK_OTHER,
+        topics.WEBRTC_REMOTE_OFFER,
+        topics.WEBRTC_REMOTE_ANSWER,
+        topics.WEBRTC_REMOTE_ICE,
+        topics.SESSION_STATE,
+        topics.CONTROL_BARGE_IN,
+        topics.MIC_PREROLL_REQUEST,
+        topics.TOOL_CALL,
+        topics.TOOL_RESULT,  # the error results it makes itself (deadline, tools restarted)
+        topics.TOOL_DESCRIBE,
+    ),
 )
 
 

@@ -43,6 +43,17 @@ log = logging.getLogger(__name__)
 
 METRICS_INTERVAL_S = 5.0
 
+TOPICS = topics.ServiceTopics(
+    reads=(
+        topics.AUDIO_OUT,
+        topics.NAVTALK_AUDIO_DELTA,
+        topics.NAVTALK_AUDIO_DONE,
+        topics.CONTROL_BARGE_IN,
+        topics.CONTROL_VOLUME,
+    ),
+    writes=(topics.AUDIO_PLAYED, topics.SPEAKER_STATE, topics.METRICS),
+)
+
 
 async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None) -> None:
     """Play until cancelled. ``device`` is built from ``settings.speaker`` when not given (an
@@ -52,9 +63,7 @@ async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None
     sources = (topics.NAVTALK_AUDIO_DELTA,) if cfg.audio_only else (
         topics.NAVTALK_AUDIO_DELTA, topics.AUDIO_OUT
     )  # fmt: skip
-    bus.subscribe(
-        *sources, topics.NAVTALK_AUDIO_DONE, topics.CONTROL_BARGE_IN, topics.CONTROL_VOLUME
-    )
+    bus.declare(TOPICS, without=(topics.AUDIO_OUT,) if cfg.audio_only else ())
     await bus.start()
     playout = Playout(cfg, keep_idle=bool(cfg.record_path))
     voice = VoiceSource(stall_ms=cfg.voice_stall_ms)

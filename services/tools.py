@@ -64,6 +64,21 @@ def _camera_opener(settings: Settings) -> Callable[[], Camera]:
     return open_
 
 
+TOPICS = topics.ServiceTopics(
+    reads=(topics.TOOL_CALL, topics.TOOL_DESCRIBE, topics.SESSION_STATE),
+    writes=(
+        topics.TOOL_RESULT,
+        topics.TOOL_CATALOG,
+        topics.METRICS,
+        # what tools (builtin and plugins) publish through their context
+        topics.CONTROL_SESSION,
+        topics.CONTROL_VOLUME,
+        topics.INPUT_IMAGE,
+        topics.ROBOT_COMMAND,
+    ),
+)
+
+
 async def run(
     settings: Settings,
     bus: Bus,
@@ -75,7 +90,7 @@ async def run(
     when not given (an injected camera is not closed here)."""
     if registry is None:
         registry = discover(settings.tools)
-    bus.subscribe(topics.TOOL_CALL, topics.TOOL_DESCRIBE, topics.SESSION_STATE)
+    bus.declare(TOPICS)
     await bus.start()
 
     loop = asyncio.get_running_loop()

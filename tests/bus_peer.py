@@ -8,6 +8,7 @@ stdin line and answers each with ``ok`` (or ``error ...``) on stdout:
 - ``ice CANDIDATE LATCH``: an IceCandidate on webrtc.remote.ice
 - ``unlatch TOPIC``
 - ``calls N``: N ToolCalls on tool.call (call_id "0".."N-1"), all at once
+- ``stream N``: the same, one every ~0.5 ms, then ``stamps {call_id: monotonic ns}``
 - ``raw-call ID``: a ToolCall from a raw PUB socket (no Bus, no start(): may be lost while
   that socket connects, or reconnects after the proxy refused it)
 - ``raw-big MB``: a ToolCall with an MB-megabyte payload frame, from the raw socket
@@ -17,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -114,6 +117,20 @@ class Peer:
         assert await self.line() == "ok"
 
 
+async def _stream(bus: Bus, n: int) -> None:
+    """N ToolCalls, one every ~0.5 ms; then a line ``stamps {call_id: ns}``: CLOCK_MONOTONIC
+    just before each publish (so ``stamp > t`` means "published after t")."""
+    stamps: dict[str, int] = {}
+    for i in range(n):
+        stamps[str(i)] = time.monotonic_ns()
+        if not bus.publish(
+            topics.TOOL_CALL, ToolCall(call_id=str(i), name="t", arguments_json="{}")
+        ):
+            raise RuntimeError(f"call {i} refused at the high-water mark")
+        await asyncio.sleep(0.0005)
+    print(f"stamps {json.dumps(stamps)}", flush=True)
+
+
 async def main(directory: str, sender: str) -> None:
     loop = asyncio.get_running_loop()
     settings = ipc_bus_settings(directory)
@@ -125,7 +142,11 @@ async def main(directory: str, sender: str) -> None:
         print("ready", flush=True)
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             try:
-                _run(bus, raw, line.split())
+                words = line.split()
+                if words[0] == "stream":
+                    await _stream(bus, int(words[1]))
+                else:
+                    _run(bus, raw, words)
             except Exception as exc:  # report to the test, keep serving
                 print(f"error {exc!r}", flush=True)
             else:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import time
+from pathlib import Path
 
 import pytest
 import zmq
@@ -22,6 +25,7 @@ from agent.messages import (
     UserTranscript,
     encode_envelope,
 )
+from tests.bus_peer import peer
 from tests.conftest import MakeBus, free_port
 
 PCM = bytes(range(256)) * 3 + bytes(192)  # 960 bytes = 20 ms at 24 kHz mono
@@ -61,16 +65,11 @@ async def test_tcp_loopback_proxy() -> None:
         async with Bus(settings, "tools") as tools, Bus(settings, "session") as session:
             # subscribe after start works too
             session.subscribe(topics.TOOL_RESULT, topics.AUDIO_MIC)
-            # the subscription travels to the proxy asynchronously: publish until it arrives
-            got = None
-            for _ in range(200):
-                tools.publish(topics.TOOL_RESULT, ToolResult(call_id="c1", name="t", ok=True))
-                try:
-                    got = await asyncio.wait_for(session.recv(), 0.02)
-                    break
-                except TimeoutError:
-                    continue
-            assert got is not None and isinstance(got.msg, ToolResult) and got.msg.call_id == "c1"
+            # the subscription travels to the proxy asynchronously: sync() waits for it
+            await session.sync()
+            tools.publish(topics.TOOL_RESULT, ToolResult(call_id="c1", name="t", ok=True))
+            got = await _recv(session)
+            assert isinstance(got.msg, ToolResult) and got.msg.call_id == "c1"
 
 
 async def test_sequence_numbers_count_per_topic(make_bus: MakeBus) -> None:
@@ -213,3 +212,72 @@ async def test_proxy_bind_conflict_is_a_clear_error_and_the_live_bus_survives(
     sender.publish(topics.TOOL_RESULT, ToolResult(call_id="c", name="t", ok=True))
     async with asyncio.timeout(5):
         assert isinstance((await late.recv()).msg, ToolResult)
+
+
+async def test_control_plane_is_lossless_once_start_returns(
+    bus_settings: BusSettings, short_tmp: Path
+) -> None:
+    """A publisher in another OS process sends the moment a new subscriber's start() returns:
+    nothing is lost (the subscription is in the proxy's XPUB, and every publisher sends all
+    to the proxy, so no publisher has to learn of it first)."""
+    n = 50
+    async with peer(short_tmp, "session") as session:
+        for round_ in range(10):
+            tools = Bus(bus_settings, f"tools{round_}")
+            tools.subscribe(topics.TOOL_CALL)
+            await tools.start()
+            try:
+                session.send(f"calls {n}")
+                got = [await _recv(tools, 5.0) for _ in range(n)]
+                assert await session.line() == "ok"
+            finally:
+                await tools.close()
+            assert [d.msg.call_id for d in got] == [str(i) for i in range(n)]  # type: ignore[attr-defined]
+            assert tools.stats.gaps == 0
+
+
+async def test_nothing_published_after_start_returns_is_lost_even_from_a_stalled_publisher(
+    bus_settings: BusSettings, short_tmp: Path
+) -> None:
+    """The publisher streams and is stalled (as on a loaded board) while a subscriber comes
+    up: every message it publishes after the subscriber's start() returned arrives, although
+    it had no chance to take note of the new subscription first."""
+    n = 800
+    async with peer(short_tmp, "session") as session:
+        for round_ in range(2):
+            tools = Bus(bus_settings, f"tools{round_}")
+            tools.subscribe(topics.TOOL_CALL)
+            session.send(f"stream {n}")
+            os.kill(session.proc.pid, signal.SIGSTOP)
+            try:
+                await tools.start()
+                started_ns = time.monotonic_ns()
+            finally:
+                os.kill(session.proc.pid, signal.SIGCONT)
+            try:
+                got: set[str] = set()
+                while str(n - 1) not in got:
+                    got.add((await _recv(tools, 10.0)).msg.call_id)  # type: ignore[attr-defined]
+                stamps_line = await session.line()
+                assert await session.line() == "ok"
+            finally:
+                await tools.close()
+            stamps: dict[str, int] = json.loads(stamps_line.removeprefix("stamps "))
+            after = {call_id for call_id, ns in stamps.items() if ns > started_ns}
+            assert len(after) > 100, "the stream ended before the subscriber started"
+            assert after - got == set(), f"lost {len(after - got)} of {len(after)}"
+
+
+async def test_a_subscription_after_start_is_lossless_once_sync_returns(
+    bus_settings: BusSettings, short_tmp: Path
+) -> None:
+    n = 50
+    async with peer(short_tmp, "session") as session:
+        for round_ in range(5):
+            async with Bus(bus_settings, f"tools{round_}") as tools:
+                tools.subscribe(topics.TOOL_CALL if round_ % 2 == 0 else "tool.")
+                await tools.sync()
+                session.send(f"calls {n}")
+                got = [await _recv(tools, 5.0) for _ in range(n)]
+                assert await session.line() == "ok"
+            assert [d.msg.call_id for d in got] == [str(i) for i in range(n)]  # type: ignore[attr-defined]

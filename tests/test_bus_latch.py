@@ -143,3 +143,18 @@ async def test_a_holder_in_another_process_answers_late_subscribers(
         async with bus as display:
             got = [(await _recv(display)).msg for _ in range(2)]
             assert got == [IceCandidate(candidate="cand-b"), IceCandidate(candidate="cand-c")]
+
+
+async def test_a_resend_of_a_message_received_live_is_dropped(make_bus: MakeBus) -> None:
+    session = await make_bus("session")
+    display = await make_bus("display", topics.WEBRTC_REMOTE_OFFER)
+    session.publish(topics.WEBRTC_REMOTE_OFFER, _offer("once"), latch=1)
+    live = await _recv(display)
+    assert live.msg == _offer("once") and not live.replayed
+    display.subscribe("webrtc.remote.")  # asks again: the offer is re-sent, and dropped
+    session.publish(topics.WEBRTC_REMOTE_ICE, IceCandidate(candidate="sentinel"))
+    d = await _recv(display)  # the re-send (answered before the sentinel) would come first
+    assert d.msg == IceCandidate(candidate="sentinel"), d
+    assert display.stats.per_topic[topics.WEBRTC_REMOTE_OFFER] == 1
+    # (twice, likely: the request of its start() may have been answered after the publish)
+    assert display.stats.replay_duplicates >= 1
