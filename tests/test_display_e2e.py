@@ -354,11 +354,13 @@ def test_the_mp4_holds_the_speaking_avatar(run: Run) -> None:
 
 
 def test_display_sigkill_renegotiates_on_the_same_websocket_session(run: Run) -> None:
-    # Goal 3 s (issue 15). Measured 4.96 s under a load average of 6 on 2 cores: the new
-    # process's start (interpreter + aiortc/av/cv2 imports: 2.1-3.3 s at that load) and the
+    # Goal 3 s (issue 15). Measured on this 2-core machine: 2.4-3.0 s at a load average of
+    # 5-7 (with the session's latched signaling too: 2.5-2.9 s), 4.3-5.0 s at 12-15. The new
+    # process's start (interpreter + aiortc/av/cv2 imports: 1.5 s idle, 3 s loaded) and the
     # wait for the session's next session.state dominate; the negotiation itself is ~0.1 s.
+    # The bound leaves room for a loaded machine; the figure is printed.
     print(f"display SIGKILL -> video back in {run.video_back_s:.2f} s")
-    assert 0 < run.video_back_s <= 10.0, f"video back {run.video_back_s:.2f} s after SIGKILL"
+    assert 0 < run.video_back_s <= 8.0, f"video back {run.video_back_s:.2f} s after SIGKILL"
     assert run.second_pid and run.second_pid != run.first_pid
     assert "display died (signal 9)" in (run.out / "supervisor.log").read_text(errors="replace")
     assert run.video_after is not None and run.video_after.frames_received > 0
