@@ -284,6 +284,9 @@ class SessionState(Message, frozen=True, kw_only=True, tag=True):
     session_id: str | None = None
     ice_servers: list[IceServer] = []
     retry_in_ms: int | None = None
+    # The current NavTalk socket connection (as SdpMessage.connection_id), "" when none: a
+    # display that starts mid-session stamps its own offer with it.
+    connection_id: str = ""
 
 
 class BargeIn(Message, frozen=True, kw_only=True, tag=True):

@@ -10,11 +10,14 @@ Every backend has the same narrow interface::
     screen.poll()                            # pump UI events while nothing new is shown
     screen.close()
 
-Calls are blocking and not thread-safe: make every call from one thread. A
-backend whose ``main_thread_only`` is true (the OpenCV window: Qt's HighGUI
-hangs when first used from another thread) must be driven from the main
-thread; the others may live on a worker thread (the display service uses a
-dedicated single-thread executor for them, as encoding is slow).
+Calls are blocking and not thread-safe: make every call from one thread, from
+``open()`` to ``close()`` (the display service uses a dedicated single-thread
+executor, so that encoding and the window's ``imshow``/``waitKey`` never block its
+event loop). The OpenCV window works from such a thread as long as OpenCV was
+imported before PyAV (checked at ``open()``) and no other thread touches HighGUI;
+it refuses calls from another thread than the one that opened it. A backend
+whose ``main_thread_only`` is true must be driven from the main thread (none
+of ours today; kept for backends that need it).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 
 # OpenCV before PyAV: if PyAV's bundled libraries load first, OpenCV's Qt window hangs
@@ -139,9 +143,9 @@ def check_x_display(display: str | None = None) -> None:
 
 
 class WindowScreen(Screen):
-    """An OpenCV (Qt) window: windowed, or fullscreen kiosk mode on the monitor at (x, y)."""
+    """An OpenCV (Qt) window: windowed, or fullscreen kiosk mode on the monitor at (x, y).
 
-    main_thread_only = True
+    Every call from the thread that called ``open()`` (Qt's HighGUI is single-threaded)."""
 
     def __init__(
         self,
@@ -158,6 +162,15 @@ class WindowScreen(Screen):
         self.fullscreen, self.monitor_x, self.monitor_y = fullscreen, monitor_x, monitor_y
         self._opened = False
         self._rect: tuple[int, int] | None = None  # image area, re-read now and then
+        self.gui_thread = ""  # name of the thread that opened the window (and must drive it)
+        self._gui_ident: int | None = None
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self._gui_ident:
+            raise DeviceError(
+                f"the window was opened on thread {self.gui_thread!r}; HighGUI calls from "
+                f"{threading.current_thread().name!r} would hang Qt"
+            )
 
     def open(self) -> None:
         check_x_display()
@@ -183,6 +196,8 @@ class WindowScreen(Screen):
         except cv2.error as exc:
             raise DeviceError(f"cannot open the window: {exc}") from exc
         self._opened = True
+        self._gui_ident = threading.get_ident()
+        self.gui_thread = threading.current_thread().name
         log.info(
             "= window %r open (%s at %d,%d)",
             self.title,
@@ -199,6 +214,7 @@ class WindowScreen(Screen):
     def show(self, frame: Image, at_s: float) -> None:
         if not self._opened:
             raise DeviceError("window is not open")
+        self._check_thread()
         if self.fullscreen:
             # Fill the monitor exactly: scale ourselves, aspect kept, instead of letting
             # Qt stretch. The rect is read on every frame while the window manager settles
@@ -217,10 +233,12 @@ class WindowScreen(Screen):
 
     def poll(self) -> None:
         if self._opened:
+            self._check_thread()
             cv2.waitKey(1)
 
     def close(self) -> None:
         if self._opened:
+            self._check_thread()
             self._opened = False
             try:
                 cv2.destroyWindow(self.title)

@@ -13,9 +13,10 @@
 
 Decisions live in the sans-I/O parts (:mod:`agent.video.compose`,
 :mod:`agent.video.negotiation`); this module only feeds them and carries out
-what they say. Decoding and composing run on a worker thread; the screen's
-own calls run there too (encoding must not block the event loop), except for
-the OpenCV window, which Qt requires on the main thread (the loop's).
+what they say. Decoding and composing run on a worker thread, and so does every
+call of the screen, from open to close: the MP4 encoder and the window's
+``imshow``/``waitKey`` never block the event loop (Qt's HighGUI is driven from that
+one thread; see :mod:`hardware.screen`).
 """
 
 from __future__ import annotations
@@ -28,11 +29,13 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import av
+import msgspec
 import numpy as np
 
 from agent import topics
@@ -57,12 +60,19 @@ from agent.messages import (
     VideoStats,
 )
 from agent.video.compose import Composer, DisplayModel, Image, Overlay
-from agent.video.negotiation import Action, NegotiationPolicy
+from agent.video.ice import ice_host
+from agent.video.negotiation import (
+    Action,
+    CandidateVerdict,
+    NegotiationPolicy,
+    OfferVerdict,
+    RemoteSignals,
+)
 from agent.video.peer import DisplayPeer
 from agent.video.settings import DisplaySettings
 from hardware.screen import NullScreen, Screen, open_screen
 
-__all__ = ["LIVE_PHASES", "run"]
+__all__ = ["LIVE_PHASES", "navtalk_url", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +89,14 @@ class _Pending:
 
 
 class _Display:
-    def __init__(self, ds: DisplaySettings, bus: Bus, screen: Screen) -> None:
+    def __init__(self, ds: DisplaySettings, bus: Bus, screen: Screen, ice_host: str) -> None:
         self.ds = ds
         self.bus = bus
         self.screen = screen
         self.model = DisplayModel(ds.caption_hold_s)
-        self.policy = NegotiationPolicy(ds.renegotiation_timeout_s)
+        self.policy = NegotiationPolicy(ds.renegotiation_timeout_s, ds.media_stall_s)
+        self.signals = RemoteSignals()
+        self._negotiating = asyncio.Lock()  # one negotiation step on the peer at a time
         self.composer = Composer(
             ds.width,
             ds.height,
@@ -93,7 +105,7 @@ class _Display:
             badge=ds.badge,
             idle_image=_load_idle_image(ds.idle_image),
         )
-        self.peer = DisplayPeer(ds.webrtc_host, self._on_frame, self._on_state)
+        self.peer = DisplayPeer(ice_host, self._on_frame, self._on_state)
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="screen")
         # voice waiting for the screen worker: at most 2 s of 20 ms frames
         self._audio_pending: collections.deque[tuple[bytes, int, int, float]] = collections.deque(
@@ -124,6 +136,7 @@ class _Display:
         if generation != self.peer.generation:
             return  # a stale connection's last frames
         now = time.monotonic()
+        self.policy.on_frame(kind, now)
         if kind == "video":
             self.received += 1
             if len(self._slot) >= self._slot_limit:
@@ -134,6 +147,8 @@ class _Display:
             if self._video_generation != generation:
                 self._video_generation = generation
                 self.model.on_video(True, now)
+                # the connection's first frame: say so now, not at the next stats period
+                self.bus.publish(topics.VIDEO_STATS, self.stats())
         elif kind == "audio":
             self._forward_audio(frame, generation, now)
 
@@ -293,54 +308,82 @@ class _Display:
         task.add_done_callback(self._tasks.remove)
 
     async def _offer(self, why: str) -> None:
-        now = time.monotonic()
-        self.policy.on_offer_sent(now)  # also when it fails: the timeout paces the retries
-        self._video_lost(now)
-        try:
-            offer = await self.peer.offer(self.ice_servers)
-        except Exception:
-            log.exception("cannot make an offer")
-            return
-        log.info("> webrtc.local.offer (%s), generation %d", why, self.peer.generation)
-        self.bus.publish(topics.WEBRTC_LOCAL_OFFER, offer)
-        self._trickle()
+        async with self._negotiating:
+            # Never while a server offer is being answered (it wins; checked again below, as
+            # one may arrive while ours is being built).
+            if not self.policy.may_offer:
+                return
+            now = time.monotonic()
+            self.policy.on_offer_sent(now)  # also when it fails: the timeout paces the retries
+            self._video_lost(now)
+            connection_id = self.signals.current
+            self.signals.negotiating(connection_id)
+            try:
+                offer = await self.peer.offer(self.ice_servers)
+            except Exception:
+                log.exception("cannot make an offer")
+                return
+            if not self.policy.may_offer:
+                log.info("= our offer is dropped: a server offer came meanwhile")
+                return
+            log.info(
+                "> webrtc.local.offer (%s), connection %s, generation %d",
+                why,
+                connection_id or "?",
+                self.peer.generation,
+            )
+            self.bus.publish(
+                topics.WEBRTC_LOCAL_OFFER,
+                msgspec.structs.replace(offer, connection_id=connection_id),
+            )
+            self._trickle(connection_id)
 
     def _video_lost(self, now: float) -> None:
         """No video on screen until the next connection delivers some."""
         self.model.on_video(False, now)
         self._video_generation = 0
 
-    def _trickle(self) -> None:
+    def _trickle(self, connection_id: str) -> None:
         if not self.ds.trickle_local_ice:
             return
         candidates = self.peer.local_candidates()
         for c in candidates:
-            self.bus.publish(topics.WEBRTC_LOCAL_ICE, c)
+            self.bus.publish(
+                topics.WEBRTC_LOCAL_ICE, msgspec.structs.replace(c, connection_id=connection_id)
+            )
         log.info("> webrtc.local.ice x%d", len(candidates))
 
     async def tick_loop(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            if self.policy.tick(time.monotonic()) is Action.OFFER:
-                await self._offer(f"{self.policy.step} timed out")
+            now = time.monotonic()
+            stalled = self.policy.stalled(now)
+            if self.policy.tick(now) is Action.OFFER:
+                await self._offer(
+                    f"{stalled} stalled" if stalled else f"{self.policy.step} timed out"
+                )
 
     async def handle(self, d: Delivery) -> None:
         msg, now = d.msg, time.monotonic()
         if isinstance(msg, SdpMessage) and d.topic == topics.WEBRTC_REMOTE_OFFER:
-            log.info("< webrtc.remote.offer (%d bytes)", len(msg.sdp))
-            self._video_lost(now)
-            answer = await self.peer.answer(msg, msg.ice_servers or self.ice_servers)
-            self.policy.on_remote_offer(time.monotonic())
-            self.bus.publish(topics.WEBRTC_LOCAL_ANSWER, answer)
-            log.info("> webrtc.local.answer, generation %d", self.peer.generation)
-            self._trickle()
+            await self._answer(msg, now)
         elif isinstance(msg, SdpMessage) and d.topic == topics.WEBRTC_REMOTE_ANSWER:
-            log.info("< webrtc.remote.answer")
-            if await self.peer.accept_answer(msg):
-                self.policy.on_answer(time.monotonic())
+            log.info("< webrtc.remote.answer, connection %s", msg.connection_id or "?")
+            if not self.signals.answer_matches(msg.connection_id):
+                log.info("= answer ignored: not for our offer's connection")
+                return
+            async with self._negotiating:
+                if await self.peer.accept_answer(msg):
+                    self.policy.on_answer(time.monotonic())
         elif isinstance(msg, IceCandidate):
-            await self.peer.add_candidate(msg)
+            verdict = self.signals.candidate(msg)
+            log.debug("< webrtc.remote.ice of connection %s: %s", msg.connection_id, verdict)
+            if verdict is CandidateVerdict.ADD:
+                async with self._negotiating:
+                    await self.peer.add_candidate(msg)
         elif isinstance(msg, SessionState):
+            if msg.phase in LIVE_PHASES:
+                self.signals.on_session(msg.connection_id)
             if msg.ice_servers:
                 self.ice_servers = list(msg.ice_servers)
             live = msg.phase in LIVE_PHASES
@@ -365,6 +408,38 @@ class _Display:
         elif isinstance(msg, BargeIn):
             self.model.on_barge_in(now)
 
+    async def _answer(self, offer: SdpMessage, received: float) -> None:
+        cid = offer.connection_id
+        verdict = self.signals.offer(cid, offer.sdp)
+        if verdict is not OfferVerdict.ANSWER:
+            log.info("< webrtc.remote.offer of connection %s ignored: %s", cid or "?", verdict)
+            return
+        log.info("< webrtc.remote.offer (%d bytes), connection %s", len(offer.sdp), cid or "?")
+        self.policy.on_remote_offer_received()
+        async with self._negotiating:
+            self._video_lost(time.monotonic())
+            held = self.signals.negotiating(cid)
+            try:
+                answer = await self.peer.answer(offer, offer.ice_servers or self.ice_servers)
+            except Exception:
+                self.policy.on_answer_failed(time.monotonic())
+                raise
+            for c in held:
+                await self.peer.add_candidate(c)
+            if held:
+                log.info("= %d early remote candidate(s) added", len(held))
+            self.policy.on_remote_offer(time.monotonic())
+            self.bus.publish(
+                topics.WEBRTC_LOCAL_ANSWER, msgspec.structs.replace(answer, connection_id=cid)
+            )
+            log.info(
+                "> webrtc.local.answer, connection %s, generation %d, %.0f ms after the offer",
+                cid or "?",
+                self.peer.generation,
+                (time.monotonic() - received) * 1000,
+            )
+            self._trickle(cid)
+
     async def message_loop(self) -> None:
         async for d in self.bus:
             try:
@@ -381,16 +456,61 @@ class _Display:
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.peer.close()
         finally:  # a second cancel (the runtime's) must not leave the MP4 unfinished
-            # Finish the screen here rather than through a last executor job: stop the
-            # worker (it ends the frame it is on), then flush the voice and close the file on
-            # this thread. An awaited executor job was seen never to complete in a cancelled
-            # task, which left the MP4 without its index (unplayable).
+            await self._finish_screen()
+
+    def _close_screen(self) -> None:
+        """Flush the voice and close the screen (on the thread that drives the screen)."""
+        try:
+            self._drain_audio()
+            self.screen.close()
+        except Exception:
+            log.exception("closing the screen failed")
+
+    def _finish_screen_blocking(self) -> None:
+        """The worker ends the frame it is on, then closes the screen as its last job (a
+        window must be closed by the thread that opened it), and stops."""
+        try:
+            self.executor.submit(self._close_screen)
+        except RuntimeError:  # shut down already (not expected): close from here
+            self._close_screen()
+        self.executor.shutdown(wait=True)
+
+    async def _finish_screen(self) -> None:
+        """Finish the screen off the event loop (an MP4's last frames and index take a while),
+        on a thread of its own, not an executor job: one was seen never to complete in a
+        cancelled task, which left the MP4 without its index. The thread is not a daemon, so
+        a second cancel (or the loop's end) cannot cut the file short: the interpreter waits
+        for it. A main-thread-only screen (the window) is closed here, on the loop's thread."""
+        if self.screen.main_thread_only:
             self.executor.shutdown(wait=True)
+            self._close_screen()
+            return
+        loop = asyncio.get_running_loop()
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not finished.done():
+                finished.set_result(None)
+
+        def finish() -> None:
             try:
-                self._drain_audio()
-                self.screen.close()
-            except Exception:
-                log.exception("closing the screen failed")
+                self._finish_screen_blocking()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                    loop.call_soon_threadsafe(wake)
+
+        threading.Thread(target=finish, name="screen-close").start()
+        await asyncio.shield(finished)
+
+
+def navtalk_url(settings: Settings) -> str:
+    """The URL the session connects to (as services.session.effective_url, without importing
+    the session's WebSocket stack into this process)."""
+    emu = settings.emulator
+    if emu.embedded:
+        host = "127.0.0.1" if emu.host in ("0.0.0.0", "") else emu.host
+        return f"ws://{host}:{emu.port}/"
+    return settings.navtalk.url
 
 
 def _load_idle_image(path: str) -> Image | None:
@@ -431,11 +551,13 @@ async def run(settings: Settings, bus: Bus, *, screen: Screen | None = None) -> 
     """Serve the display until cancelled. ``screen`` is built from settings when not given
     (and is opened and closed here either way)."""
     ds = settings.display
+    host = ice_host(ds.webrtc_host, navtalk_url(settings))  # ConfigError: nothing could connect
+    log.info("= ICE host candidates on %s", host or "every interface")
     bus.declare(TOPICS)
     await bus.start()
     if screen is None:
         screen = open_screen(ds)
-    display = _Display(ds, bus, screen)
+    display = _Display(ds, bus, screen, host)
     try:
         await display.screen_call(screen.open)
     except DeviceError as exc:

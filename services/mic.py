@@ -8,8 +8,10 @@
     mic.preroll.request ─▶ mic.preroll (the last N ms published)
 
 Two tasks: the capture loop (device -> core -> bus) and the bus loop (speaker state,
-reference, pre-roll requests). A device failure ends the service with DeviceError, and the
-supervisor restarts it; bad bus input is logged and dropped.
+reference, pre-roll requests). A device that fails after it started (PulseAudio restarted,
+the device unplugged) is opened again until it is back (:mod:`hardware.reopen`), without a
+process restart; one that cannot open at start ends the service with DeviceError. Bad bus
+input is logged and dropped.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from agent.audio.echo import EchoMode
 from agent.audio.pcm import PCM_RATE_HZ
 from agent.bus import Bus
 from agent.config import Settings
+from agent.errors import DeviceError
 from agent.messages import (
     AudioFrame,
     Metrics,
@@ -32,7 +35,8 @@ from agent.messages import (
     SpeakerState,
     VadState,
 )
-from hardware.audio import AudioInput, open_input
+from hardware.audio import AudioInput, SoundDeviceInput, open_input, rescan_devices
+from hardware.reopen import reopen
 
 __all__ = ["run"]
 
@@ -75,7 +79,12 @@ async def run(settings: Settings, bus: Bus, *, device: AudioInput | None = None)
 async def _capture_loop(source: AudioInput, core: CaptureCore, bus: Bus) -> None:
     published = 0
     while True:
-        frame = await source.read()
+        try:
+            frame = await source.read()
+        except DeviceError:
+            rescan = rescan_devices if isinstance(source, SoundDeviceInput) else None
+            await reopen("mic device", source.start, source.close, rescan=rescan)
+            continue
         if frame is None:
             log.info("= mic input ended after %d frames", published)
             return

@@ -2,8 +2,9 @@
 
 ::
 
-    audio.out (WebRTC voice, e.g. 48 kHz stereo)  ┐
-    navtalk.audio.delta (audio-only mode, 24 kHz) ┴▶ Playout (jitter buffer) ◀─pull─ device
+    audio.out (WebRTC voice, e.g. 48 kHz stereo)  ┐  VoiceSource: one copy per response
+    navtalk.audio.delta (WebSocket voice, 24 kHz) ┼▶ (deltas while WebRTC is not live) ─▶
+    navtalk.audio.done (a response's end)         ┘  Playout (jitter buffer) ◀─pull─ device
     control.barge_in ─▶ flush queued audio + the device's own look-ahead: silent within one
                         device period (speaker.period_ms)
     control.volume   ─▶ gain
@@ -22,17 +23,19 @@ import contextlib
 import logging
 import time
 import wave
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent import topics
 from agent.aio import ThreadWakeup
 from agent.audio.pcm import PCM_RATE_HZ
 from agent.audio.playout import PlayedBlock, Playout, StateChange
+from agent.audio.source import VoiceSource
 from agent.bus import Bus
 from agent.config import Settings
-from agent.errors import DeviceError
-from agent.messages import AudioFrame, BargeIn, Metrics, SetVolume, SpeakerState
-from hardware.audio import AudioOutput, open_output
+from agent.messages import AudioFrame, BargeIn, Metrics, ResponseDone, SetVolume, SpeakerState
+from hardware.audio import AudioOutput, SoundDeviceOutput, open_output, rescan_devices
+from hardware.reopen import reopen
 
 __all__ = ["run"]
 
@@ -44,6 +47,7 @@ TOPICS = topics.ServiceTopics(
     reads=(
         topics.AUDIO_OUT,
         topics.NAVTALK_AUDIO_DELTA,
+        topics.NAVTALK_AUDIO_DONE,
         topics.CONTROL_BARGE_IN,
         topics.CONTROL_VOLUME,
     ),
@@ -55,11 +59,14 @@ async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None
     """Play until cancelled. ``device`` is built from ``settings.speaker`` when not given (an
     injected device is started and closed here too)."""
     cfg = settings.speaker
-    source_topic = topics.NAVTALK_AUDIO_DELTA if cfg.audio_only else topics.AUDIO_OUT
-    not_played = topics.AUDIO_OUT if cfg.audio_only else topics.NAVTALK_AUDIO_DELTA
-    bus.declare(TOPICS, without=(not_played,))
+    # audio_only: the deltas only (no WebRTC voice is coming); else both, VoiceSource chooses
+    sources = (topics.NAVTALK_AUDIO_DELTA,) if cfg.audio_only else (
+        topics.NAVTALK_AUDIO_DELTA, topics.AUDIO_OUT
+    )  # fmt: skip
+    bus.declare(TOPICS, without=(topics.AUDIO_OUT,) if cfg.audio_only else ())
     await bus.start()
     playout = Playout(cfg, keep_idle=bool(cfg.record_path))
+    voice = VoiceSource(stall_ms=cfg.voice_stall_ms)
     wakeup = ThreadWakeup(asyncio.get_running_loop())
 
     def pull(n: int, play_ns: int) -> bytes:  # the device's thread
@@ -68,37 +75,44 @@ async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None
         return pcm
 
     output = device if device is not None else open_output(cfg)
-    await output.start(pull)
+    await output.start(pull)  # a device that cannot open at start ends the service
+
+    def revive() -> Awaitable[int]:  # one that fails later is opened again until it is back
+        rescan = rescan_devices if isinstance(output, SoundDeviceOutput) else None
+        return reopen("speaker device", lambda: output.start(pull), output.close, rescan=rescan)
+
     recorder = _Recorder(Path(cfg.record_path)) if cfg.record_path else None
     log.info(
-        "= speaker up: %s, source %s, period %d ms, jitter %d/%d ms",
+        "= speaker up: %s, sources %s, period %d ms, jitter %d/%d ms",
         type(output).__name__,
-        source_topic,
+        " + ".join(sources),
         output.period_ms,
         cfg.jitter_target_ms,
         cfg.jitter_max_ms,
     )
     try:
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(_bus_loop(bus, playout, output, source_topic), name="speaker-bus")
+            tasks.create_task(_bus_loop(bus, playout, output, voice), name="speaker-bus")
             tasks.create_task(
-                _played_loop(bus, playout, output, wakeup, recorder, cfg.publish_played,
+                _played_loop(bus, playout, output, revive, voice, wakeup, recorder,
+                             cfg.publish_played,
                              cfg.state_interval_ms / 1000),
                 name="speaker-played",
             )  # fmt: skip
-            tasks.create_task(_metrics_loop(bus, playout), name="speaker-metrics")
+            tasks.create_task(_metrics_loop(bus, playout, voice), name="speaker-metrics")
     finally:
         await output.close()
         if recorder is not None:
             recorder.close()
 
 
-async def _bus_loop(bus: Bus, playout: Playout, output: AudioOutput, source_topic: str) -> None:
+async def _bus_loop(bus: Bus, playout: Playout, output: AudioOutput, voice: VoiceSource) -> None:
     async for d in bus:
         msg = d.msg
         try:
             if isinstance(msg, BargeIn):
                 now = time.monotonic_ns()
+                voice.on_barge_in()
                 dropped = playout.barge_in(now)
                 output.flush()
                 log.info(
@@ -110,15 +124,25 @@ async def _bus_loop(bus: Bus, playout: Playout, output: AudioOutput, source_topi
             elif isinstance(msg, SetVolume):
                 playout.set_volume(msg.level)
                 log.info("< volume %.2f", msg.level)
-            elif isinstance(msg, AudioFrame) and d.topic == source_topic:
+            elif isinstance(msg, AudioFrame) and d.topic == topics.AUDIO_OUT:
+                now = time.monotonic_ns()
+                if d.payload and voice.on_webrtc(now, playout.audible_queued_ms()):
+                    playout.push(d.payload[0], msg.sample_rate_hz, msg.channels, msg.stream_id, now)
+            elif isinstance(msg, AudioFrame) and d.topic == topics.NAVTALK_AUDIO_DELTA:
+                now = time.monotonic_ns()
                 if d.payload:
-                    playout.push(
+                    pcm = voice.on_delta(
+                        msg.stream_id,
                         d.payload[0],
                         msg.sample_rate_hz,
                         msg.channels,
-                        msg.stream_id,
-                        time.monotonic_ns(),
+                        now,
+                        playout.audible_queued_ms(),
                     )
+                    if pcm:
+                        playout.push(pcm, msg.sample_rate_hz, msg.channels, msg.stream_id, now)
+            elif isinstance(msg, ResponseDone):
+                voice.on_done(msg.response_id)
         except Exception:  # never die on one bad message
             log.exception("< %s from %s: could not handle it", d.topic, d.sender)
 
@@ -127,6 +151,8 @@ async def _played_loop(
     bus: Bus,
     playout: Playout,
     output: AudioOutput,
+    revive: Callable[[], Awaitable[object]],
+    voice: VoiceSource,
     wakeup: ThreadWakeup,
     recorder: _Recorder | None,
     publish_played: bool,
@@ -135,7 +161,11 @@ async def _played_loop(
     last_state = 0.0
     while True:
         wakeup.event.clear()
-        playout.tick(time.monotonic_ns())
+        now = time.monotonic_ns()
+        rest = voice.tick(now)
+        if rest is not None and rest.pcm:
+            playout.push(rest.pcm, rest.sample_rate_hz, rest.channels, rest.response_id, now)
+        playout.tick(now)
         for item in playout.drain():
             if isinstance(item, StateChange):
                 log.info("= speaker %s", "playing" if item.playing else "idle")
@@ -155,8 +185,10 @@ async def _played_loop(
                     )
                 if recorder is not None:
                     recorder.write(item.pcm)
+        output.report()
         if output.failed is not None:
-            raise DeviceError(str(output.failed))
+            log.warning("= %s", output.failed)
+            await revive()
         if time.monotonic() - last_state >= state_interval_s:
             _publish_state(bus, playout)
             last_state = time.monotonic()
@@ -182,7 +214,7 @@ def _publish_state(bus: Bus, playout: Playout) -> None:
     )
 
 
-async def _metrics_loop(bus: Bus, playout: Playout) -> None:
+async def _metrics_loop(bus: Bus, playout: Playout, voice: VoiceSource) -> None:
     while True:
         await asyncio.sleep(METRICS_INTERVAL_S)  # a reporting period, not a wait for an event
         queued_ms, underruns, overruns = playout.stats()
@@ -192,6 +224,9 @@ async def _metrics_loop(bus: Bus, playout: Playout) -> None:
             "overruns": float(overruns),
             "barge_ins": float(playout.barge_ins),
             "dropped_after_barge_in": float(playout.dropped_after_barge_in),
+            "webrtc_held_back": float(voice.held_back),
+            "deltas_ignored": float(voice.ignored_deltas),
+            "resumed_from_deltas": float(voice.resumed),
         }
         lat = sorted(playout.latencies_ns)
         if lat:

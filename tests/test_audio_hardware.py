@@ -4,6 +4,8 @@ backends."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 import wave
 from pathlib import Path
@@ -247,3 +249,54 @@ async def test_null_output_and_silence_input() -> None:
     await src.start()
     f = await src.read()
     assert f is not None and f.pcm == bytes(960)
+
+
+class _ThreadLog(logging.Handler):
+    """Every record, with the thread that emitted it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[tuple[str, logging.LogRecord]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((threading.current_thread().name, record))
+
+
+async def test_callback_errors_are_logged_by_the_loop_not_the_device_thread(
+    vaudio: VirtualFiles,  # noqa: F811
+) -> None:
+    """A failing pull never logs from PortAudio's thread: the loop's report() logs the burst
+    once, with its count and first traceback, and the stream keeps going (silence)."""
+    calls = 0
+    enough = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def pull(n: int, play_ns: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 20:
+            loop.call_soon_threadsafe(enough.set)
+        raise ValueError("pull failed")
+
+    handler = _ThreadLog()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    out = SoundDeviceOutput("vplay", sample_rate_hz=RATE, channels=1, period_ms=5)
+    try:
+        await out.start(pull)
+        await asyncio.wait_for(enough.wait(), 10)
+        out.report()
+        out.report()  # nothing new: nothing logged
+    finally:
+        await out.close()
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    main = threading.current_thread().name
+    assert [t for t, _ in handler.records if t != main] == []
+    errors = [r for _, r in handler.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    text = errors[0].getMessage()
+    assert "speaker callback failed" in text and "ValueError: pull failed" in text
+    assert out.faults.count >= 20

@@ -101,3 +101,14 @@ def test_goes_idle_when_a_continuous_stream_turns_silent() -> None:
     assert [c for c, _ in changes] == [True, False]
     idle_at = changes[1][1]
     assert 100 * MS <= idle_at - last_audible_played <= 110 * MS
+
+
+def test_audible_queued_ms_leaves_out_a_silent_tail() -> None:
+    p = Playout(SpeakerSettings(jitter_target_ms=60))
+    voice = (np.ones(2400, np.int16) * 5000).astype("<i2").tobytes()  # 100 ms, audible
+    p.push(voice, 24_000, 1, "r1", 0)
+    p.push(bytes(480 * 2), 24_000, 1, "r1", 0)  # 20 ms of silence after it
+    assert abs(p.audible_queued_ms() - 100.0) < 0.1
+    p.pull(2400, 200_000_000, 200_000_000)  # the voice is played
+    assert p.audible_queued_ms() == 0.0
+    assert p.stats()[0] > 0  # the silent tail is still queued

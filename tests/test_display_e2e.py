@@ -126,6 +126,7 @@ class Run:
     voice_before: int = 0  # loud audio.out frames before the kill
     voice_after: int = 0  # loud audio.out frames over the new connection
     video_after: VideoStats | None = None  # the new display's stats once it renders video
+    video_back_s: float = 0.0  # SIGKILL -> the restarted display's first video frame
     seconds: float = 0.0
 
     def exit_codes(self) -> dict[str, str]:
@@ -181,6 +182,7 @@ async def _drive(run: Run, tap: Tap, bus: Bus) -> None:
     run.voice_before = sum(_loud_voice(d) for d in tap.seen)
 
     run.kill_index = len(tap.seen)
+    kill_ns = time.monotonic_ns()
     os.kill(run.first_pid, signal.SIGKILL)
     second = tap.seen[
         await tap.wait(
@@ -192,6 +194,14 @@ async def _drive(run: Run, tap: Tap, bus: Bus) -> None:
     at = run.renegotiated_index = await tap.wait(
         "the restarted display's offer or answer", signaling, run.kill_index
     )
+    back = tap.seen[
+        await tap.wait(
+            "the restarted display's first video frame",
+            lambda d: isinstance(d.msg, VideoStats) and d.msg.frames_received > 0,
+            run.kill_index,
+        )
+    ]
+    run.video_back_s = (back.mono_ns - kill_ns) / 1e9  # CLOCK_MONOTONIC: one clock per host
     at = await tap.wait("audio.out from the restarted display", voice_flows, at)
     bus.publish(topics.INPUT_TEXT, TextInput(text="Are you there again?"))
     await voice(tap, "the avatar's voice over the new connection", at, 1)
@@ -344,6 +354,13 @@ def test_the_mp4_holds_the_speaking_avatar(run: Run) -> None:
 
 
 def test_display_sigkill_renegotiates_on_the_same_websocket_session(run: Run) -> None:
+    # Goal 3 s (issue 15). Measured on this 2-core machine: 2.4-3.0 s at a load average of
+    # 5-7 (with the session's latched signaling too: 2.5-2.9 s), 4.3-5.0 s at 12-15. The new
+    # process's start (interpreter + aiortc/av/cv2 imports: 1.5 s idle, 3 s loaded) and the
+    # wait for the session's next session.state dominate; the negotiation itself is ~0.1 s.
+    # The bound leaves room for a loaded machine; the figure is printed.
+    print(f"display SIGKILL -> video back in {run.video_back_s:.2f} s")
+    assert 0 < run.video_back_s <= 8.0, f"video back {run.video_back_s:.2f} s after SIGKILL"
     assert run.second_pid and run.second_pid != run.first_pid
     assert "display died (signal 9)" in (run.out / "supervisor.log").read_text(errors="replace")
     assert run.video_after is not None and run.video_after.frames_received > 0

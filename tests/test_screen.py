@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import pytest
 
+from agent.config import BusSettings, bus_toml
 from agent.emulator.avatar import measure_mouth_open
 from agent.errors import DeviceError
 from hardware.screen import WindowScreen, check_x_display
@@ -158,3 +159,58 @@ def test_no_display_is_a_device_error_not_an_abort(monkeypatch: pytest.MonkeyPat
         WindowScreen().open()
     with pytest.raises(DeviceError, match="does not answer"):
         check_x_display(":987")
+
+
+DISPLAY_CHILD = textwrap.dedent(
+    """
+    import cv2  # before PyAV, as services.display does
+    import asyncio, json, sys, threading, time
+    import msgspec
+    from agent.bus import Bus
+    from agent.config import load
+    from agent.video.settings import DisplaySettings
+    from hardware.screen import WindowScreen
+    from services import display
+
+    settings = load(sys.argv[1])
+    settings = msgspec.structs.replace(
+        settings, display=DisplaySettings(backend="window", width=320, height=240, idle_fps=20)
+    )
+    screen = WindowScreen("navtalk-thread-test", 320, 240)
+
+    async def main():
+        bus = Bus(settings.bus, "display")
+        task = asyncio.create_task(display.run(settings, bus, screen=screen))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        while screen.frames_shown < 30 and loop.time() - start < 30 and not task.done():
+            await asyncio.sleep(0.05)  # polling a counter of another thread
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await bus.close()
+
+    asyncio.run(main())
+    print(json.dumps({"shown": screen.frames_shown, "gui_thread": screen.gui_thread,
+                      "main": threading.main_thread().name}))
+    """
+)
+
+
+def test_the_display_drives_the_window_off_its_event_loop(
+    x_display: str, tmp_path: Path, bus_settings: BusSettings
+) -> None:
+    """The display service opens, feeds and closes the OpenCV window on its screen worker
+    thread, never on the main thread that runs the event loop; Qt does not hang."""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        bus_toml(bus_settings) + '\n[navtalk]\nurl = "ws://127.0.0.1:9/wss/v2/realtime-chat"\n'
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", DISPLAY_CHILD, str(config)],
+        env={**os.environ, "DISPLAY": x_display, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=90, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert info["shown"] >= 30
+    assert info["gui_thread"].startswith("screen") and info["gui_thread"] != info["main"]

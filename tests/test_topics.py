@@ -43,8 +43,8 @@ def test_known_edges_come_from_the_services() -> None:
     # (the supervisor reads calls and results for its tool-call metrics: agent.ops_metrics)
     assert GRAPH[topics.TOOL_CALL] == ({"session"}, {"tools", "supervisor"})
     assert GRAPH[topics.HEALTH] == ({"runtime", "supervisor"}, {"supervisor", "session"})
-    # nobody in the agent reads navtalk.audio.done: it is offered to integrators only
-    assert GRAPH[topics.NAVTALK_AUDIO_DONE][1] == {topics.EXTERNAL}
+    # the speaker reads navtalk.audio.done (the end of a reply played from the deltas)
+    assert GRAPH[topics.NAVTALK_AUDIO_DONE][1] == {"speaker", topics.EXTERNAL}
 
 
 def test_every_service_is_wired_both_ways() -> None:

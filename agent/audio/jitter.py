@@ -93,9 +93,8 @@ class JitterBuffer:
         )
 
     def _set_phase(self, phase: JitterPhase) -> None:
+        # No logging here: pop() runs on the audio device's thread (the counters are metrics).
         if phase is not self._phase:
-            log.debug("= jitter %s -> %s (%.0f ms queued)", self._phase.value, phase.value,
-                      self.queued_ms)  # fmt: skip
             self._phase = phase
 
     def push(self, pcm: bytes, now_ns: int) -> None:
@@ -105,7 +104,6 @@ class JitterBuffer:
             return
         if self._dry_at_ns is not None and now_ns - self._dry_at_ns < self._window_ns:
             self.underruns += 1
-            log.debug("= jitter underrun (%d)", self.underruns)
         self._dry_at_ns = None
         self._chunks.append(pcm[: n * _SAMPLE_BYTES])
         self._queued += n

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agent.audio.jitter import JitterBuffer
-from agent.audio.pcm import ToMono24k, to_float, to_pcm
+from agent.audio.pcm import PCM_RATE_HZ, ToMono24k, to_float, to_pcm
 from agent.audio.settings import SpeakerSettings
 
 __all__ = ["PlayedBlock", "Playout", "StateChange"]
@@ -132,6 +132,12 @@ class Playout:
         """(queued_ms, underruns, overruns)."""
         with self._lock:
             return self._jitter.queued_ms, self._jitter.underruns, self._jitter.overruns
+
+    def audible_queued_ms(self) -> float:
+        """How much audible voice is still queued (the silent tail of a stream not counted)."""
+        with self._lock:
+            consumed = self._pushed - self._jitter.queued_samples
+            return max(0, self._audible_upto - consumed) * 1000 / PCM_RATE_HZ
 
     def drain(self) -> list[PlayedBlock | StateChange]:
         out: list[PlayedBlock | StateChange] = []

@@ -83,9 +83,13 @@ class SpeakerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     wav_path: str = "out/speaker.wav"  # "file" backend: the WAV written (24 kHz mono PCM16)
     record_path: str = ""  # also record what was played to this WAV (24 kHz mono); "" = off
     # --- source ------------------------------------------------------------------------------
-    # Play navtalk.audio.delta (24 kHz PCM from the WebSocket) instead of audio.out (the
-    # WebRTC voice forwarded by the display); for sessions without video.
+    # Play only navtalk.audio.delta (24 kHz PCM from the WebSocket), never audio.out (the
+    # WebRTC voice forwarded by the display); for sessions without video. Otherwise both are
+    # heard and each response is played from one of them: the deltas while WebRTC is not live.
     audio_only: bool = False
+    # The WebRTC voice is not live when no audio.out frame came for this long (ms): the
+    # speaker then plays the deltas (a response WebRTC was playing continues from them).
+    voice_stall_ms: PosInt = 400
     # --- jitter buffer -----------------------------------------------------------------------
     jitter_target_ms: NonNegInt = 60  # buffered before playback starts (and after an underrun)
     jitter_max_ms: PosInt = 2000  # beyond this the oldest audio is dropped (overrun)

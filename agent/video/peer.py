@@ -23,7 +23,6 @@ that are not loopback are dropped, so no packet leaves the machine.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -42,6 +41,7 @@ from aiortc.sdp import candidate_from_sdp, candidate_to_sdp
 from agent.aio import run_to_end
 from agent.errors import NavtalkAgentError
 from agent.messages import IceCandidate, IceServer, SdpMessage
+from agent.video.ice import is_loopback
 
 __all__ = [
     "DisplayPeer",
@@ -63,14 +63,6 @@ StateSink = Callable[[int, str], None]
 
 class PeerError(NavtalkAgentError):
     """A WebRTC negotiation step failed (bad SDP, wrong signaling state)."""
-
-
-def is_loopback(host: str) -> bool:
-    """``host`` is a loopback address (or ``localhost``)."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def restrict_ice_host(host: str) -> None:

@@ -28,9 +28,10 @@ class DisplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     caption_hold_s: Annotated[float, msgspec.Meta(gt=0, le=120)] = 6.0  # keep a caption so long
     idle_image: str = ""  # image shown when no session is live; empty: a drawn placeholder
     badge: bool = True  # small status badge: connecting / listening / thinking / speaking
-    # Host address ICE gathers candidates on. 127.0.0.1 keeps WebRTC on loopback (the
-    # emulator); set the robot's LAN address to reach a real server. Empty: every interface.
-    webrtc_host: str = "127.0.0.1"
+    # Host address ICE gathers candidates on. "auto": loopback when NavTalk's URL is loopback
+    # (the emulator), else every interface; "": every interface; or an address (the robot's
+    # LAN address). A loopback address with a remote NavTalk URL is refused at start.
+    webrtc_host: str = "auto"
     trickle_local_ice: bool = True  # also send each local candidate as webrtc.local.ice
     # Frames waiting to be rendered; older ones are dropped (latest-frame-wins). 1 = newest only.
     frame_queue: Annotated[int, msgspec.Meta(ge=1, le=16)] = 1
@@ -40,6 +41,9 @@ class DisplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     video_delay_ms: Annotated[int, msgspec.Meta(ge=0, le=1000)] = 40
     # Seconds to wait for the server's answer to our own offer (or for ICE) before offering again.
     renegotiation_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    # A connected avatar track (video or voice) with no frame for this long (s) is renegotiated
+    # with a fresh offer; 0 = never.
+    media_stall_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0
     stats_interval_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0  # video.stats period
     forward_audio: bool = True  # publish the avatar's WebRTC voice on audio.out
 
