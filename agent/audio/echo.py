@@ -130,6 +130,9 @@ class ReferenceBuffer:
 class EchoResult:
     pcm: bytes  # the frame to publish
     gated: bool  # True: the frame was silenced; do not feed the VAD
+    # software_aec: the canceller judged the frame to hold only (residual) echo; the VAD must
+    # not start a turn on it (a canceller says so with an ``echo_only`` attribute)
+    echo_only: bool = False
 
 
 class EchoControl:
@@ -185,5 +188,7 @@ class EchoControl:
             return EchoResult(pcm, gated=False)
         if self.mode is EchoMode.SOFTWARE_AEC and self._canceller is not None:
             ref = self._reference.window(capture_mono_ns, len(pcm) // _SAMPLE_BYTES)
-            return EchoResult(self._canceller.process(pcm, ref, capture_mono_ns), gated=False)
+            cleaned = self._canceller.process(pcm, ref, capture_mono_ns)
+            echo_only = bool(getattr(self._canceller, "echo_only", False))
+            return EchoResult(cleaned, gated=False, echo_only=echo_only)
         return EchoResult(pcm, gated=False)

@@ -61,6 +61,9 @@ class MicSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     echo_tail_ms: NonNegInt = 200  # half_duplex: keep gating this long after the speaker stops
     # software_aec: "module:callable" returning an agent.audio.echo.EchoCanceller.
     aec_factory: str = ""
+    # software_aec: the built-in canceller when aec_factory is "" (docs/aec.md): webrtc = WebRTC
+    # AEC3 + noise suppression (livekit wheel); speex = SpeexDSP (libspeexdsp1).
+    aec: Literal["webrtc", "speex"] = "webrtc"
     aec_reference_ms: PosInt = 1000  # software_aec: played reference kept for alignment
 
 
