@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages navtalk-agent needs, only when something is missing.
 # PortAudio (sounddevice), PulseAudio + ALSA plugins (virtual audio for tests),
-# Xvfb + openbox (virtual screen), OpenCV's system libraries, espeak-ng + sox (test speech).
+# Xvfb + openbox (virtual screen), OpenCV's system libraries, espeak-ng + sox (test speech),
+# SpeexDSP (the speex echo canceller, mic.aec = "speex").
 set -euo pipefail
 PKGS=(
   libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
@@ -9,6 +10,7 @@ PKGS=(
   libgl1 libglib2.0-0 libsm6 libxext6
   libxcb-randr0 libxcb-render0 libxcb-shm0 libxcb-xfixes0
   espeak-ng sox ffmpeg
+  libspeexdsp1
 )
 missing=()
 for p in "${PKGS[@]}"; do

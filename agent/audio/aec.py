@@ -1,27 +1,37 @@
 """The software echo cancellers behind ``mic.echo_mode = "software_aec"`` (``mic.aec``).
 
-Two maintained cancellers, both native code called through ctypes (which releases the GIL
-for the call; a 20 ms frame costs well under a millisecond, see docs/aec.md):
+Two maintained cancellers, both native code called through ctypes (which releases the GIL for
+the call); figures on the offline room and the choice in docs/aec.md:
 
-``webrtc`` (the default)
-    WebRTC's audio processing module, as shipped in the ``livekit`` wheel
-    (``livekit.rtc.AudioProcessingModule``): AEC3 echo canceller with its residual echo
-    suppressor, noise suppression and the high-pass filter; 10 ms blocks.
-``speex``
+``speex`` (the default)
     SpeexDSP's MDF echo canceller plus its preprocessor (residual echo suppression and noise
     suppression), from Debian's ``libspeexdsp1`` through a small ctypes binding; 10 ms
-    blocks, ``tail_ms`` adaptive filter.
+    blocks, 250 ms adaptive filter. Keeps the guest's voice intact in double talk.
+``webrtc``
+    WebRTC's audio processing module, as shipped in the ``livekit`` wheel
+    (``livekit.rtc.AudioProcessingModule``, extra ``navtalk-agent[webrtc]``): AEC3 with its
+    residual echo suppressor, noise suppression and the high-pass filter; 10 ms blocks.
+    Deeper echo cut, but it suppresses the guest during double talk.
 
 Both sit behind :class:`AlignedCanceller`, the :class:`~agent.audio.echo.EchoCanceller` the mic
 calls: it tracks the delay between the reference it is handed (already lined up with the frame
 by the speaker's play stamps) and the echo in the mic (:class:`~agent.audio.delay.DelayEstimator`,
 GCC-PHAT), delays the reference by it (less ``lead_ms``, so the filter keeps a little room
-before the direct path) and feeds both, block by block, to the engine::
+before the direct path; a new delay restarts the engine, which re-converges faster than it
+follows a jump) and feeds both, block by block, to the engine::
 
     reference ─▶ delay line (tracked delay − lead) ─┐
                                                     ├─▶ engine (AEC + NS) ─▶ cleaned frame
-    mic ────────────────────────────────────────────┘
-     └──────────▶ DelayEstimator ◀── reference
+    mic ─────────────┬──────────────────────────────┘                 │
+                     └─▶ DelayEstimator ◀── reference                  ▼
+                                            barge-in gate ─▶ echo_only (VAD hears silence)
+
+Barge-in gate: a canceller leaves some residual echo (reverberation longer than its filter,
+bursts while it re-adapts). The VAD must not start a turn on it, so while the avatar speaks
+(and ``hangover_ms`` after) each cleaned frame is judged ``echo_only`` when the canceller has
+not converged yet (echo down ``converge_db``), or the frame is ``gate_db`` below the mic's
+energy envelope (which decays like a room's tail), or below ``floor_dbfs``. The published
+frame is never changed by it; only the VAD hears silence instead.
 
 A failing engine never kills the mic: the frame passes unchanged, the error is counted and
 logged once.
@@ -56,7 +66,7 @@ log = logging.getLogger(__name__)
 Int16Array = npt.NDArray[np.int16]
 
 # mic.aec -> the factory (mic.aec_factory, when set, takes precedence)
-BUILTIN = {"webrtc": "agent.audio.aec:webrtc", "speex": "agent.audio.aec:speex"}
+BUILTIN = {"speex": "agent.audio.aec:speex", "webrtc": "agent.audio.aec:webrtc"}
 
 
 class Engine(Protocol):
@@ -89,12 +99,18 @@ class WebRtcEngine:
         try:
             from livekit import rtc
         except ImportError as exc:  # pragma: no cover - the dependency is declared
-            raise ConfigError(f"mic.aec = 'webrtc' needs the livekit package: {exc}") from exc
+            raise ConfigError(
+                f"mic.aec = 'webrtc' needs the livekit package "
+                f"(pip install 'navtalk-agent[webrtc]'): {exc}"
+            ) from exc
         self._rtc = rtc
         self._rate = sample_rate_hz
         self.block_samples = sample_rate_hz // 100
         self._delay_ms = stream_delay_ms
-        self._options = {"noise_suppression": noise_suppression, "high_pass_filter": high_pass_filter}
+        self._options = {
+            "noise_suppression": noise_suppression,
+            "high_pass_filter": high_pass_filter,
+        }
         self._apm = self._new()
 
     def _new(self) -> Any:
@@ -122,6 +138,8 @@ class WebRtcEngine:
 
 _SPEEX_ECHO_SET_SAMPLING_RATE = 24
 _SPEEX_PREPROCESS_SET_DENOISE = 0
+_SPEEX_PREPROCESS_SET_ECHO_SUPPRESS = 20
+_SPEEX_PREPROCESS_SET_ECHO_SUPPRESS_ACTIVE = 22
 _SPEEX_PREPROCESS_SET_ECHO_STATE = 24
 
 
@@ -151,7 +169,15 @@ class SpeexEngine:
 
     name = "speex"
 
-    def __init__(self, sample_rate_hz: int, *, tail_ms: int = 250, preprocess: bool = True):
+    def __init__(
+        self,
+        sample_rate_hz: int,
+        *,
+        tail_ms: int = 250,
+        preprocess: bool = True,
+        echo_suppress_db: int = -40,
+        echo_suppress_active_db: int = -15,
+    ):
         self._lib = _speexdsp()
         self.block_samples = sample_rate_hz // 100
         self._echo = self._lib.speex_echo_state_init(
@@ -165,10 +191,19 @@ class SpeexEngine:
         if preprocess:
             self._pre = self._lib.speex_preprocess_state_init(self.block_samples, sample_rate_hz)
             on = ctypes.c_int(1)
-            self._lib.speex_preprocess_ctl(self._pre, _SPEEX_PREPROCESS_SET_DENOISE, ctypes.byref(on))
+            self._lib.speex_preprocess_ctl(
+                self._pre, _SPEEX_PREPROCESS_SET_DENOISE, ctypes.byref(on)
+            )
             self._lib.speex_preprocess_ctl(
                 self._pre, _SPEEX_PREPROCESS_SET_ECHO_STATE, ctypes.c_void_p(self._echo)
             )
+            # residual echo attenuation, with the guest silent / talking (speexdsp: -40 / -15)
+            for request, db in (
+                (_SPEEX_PREPROCESS_SET_ECHO_SUPPRESS, echo_suppress_db),
+                (_SPEEX_PREPROCESS_SET_ECHO_SUPPRESS_ACTIVE, echo_suppress_active_db),
+            ):
+                value = ctypes.c_int(db)
+                self._lib.speex_preprocess_ctl(self._pre, request, ctypes.byref(value))
         self._out = np.zeros(self.block_samples, np.int16)
 
     def process(self, mic: Int16Array, ref: Int16Array) -> Int16Array:
@@ -209,7 +244,10 @@ class AlignedCanceller:
         frame_samples: int = 480,
         max_delay_ms: int = 300,
         lead_ms: int = 10,
-        warmup_ms: int = 1500,
+        warmup_ms: int = 3000,
+        max_warmup_ms: int = 6000,
+        converge_db: float = 15.0,
+        converge_window_ms: int = 500,
         gate_db: float = 12.0,
         tail_decay_db_s: float = 30.0,
         active_dbfs: float = -50.0,
@@ -227,7 +265,14 @@ class AlignedCanceller:
         self._lead = sample_rate_hz * lead_ms // 1000
         self._history = np.zeros(self.estimator.max_lag + frame_samples, np.int16)
         self._shift = 0
+        self._rate = sample_rate_hz
         self._warmup = sample_rate_hz * warmup_ms // 1000
+        self._max_warmup = sample_rate_hz * max_warmup_ms // 1000
+        self._converge = 10 ** (converge_db / 10)
+        self._converge_window = sample_rate_hz * converge_window_ms // 1000
+        self._mic_avg = self._out_avg = 0.0  # energies smoothed over ~converge_window_ms
+        # Until then, every frame with the reference active is echo_only (barge-in waits).
+        self.converged = False
         self._adapted = 0  # samples processed with the reference active since the last restart
         self._gate = 10 ** (-gate_db / 10)
         self._decay = 10 ** (-tail_decay_db_s / 10 / sample_rate_hz)  # per sample
@@ -236,11 +281,7 @@ class AlignedCanceller:
         self._hangover = sample_rate_hz * hangover_ms // 1000
         self._quiet = self._hangover + 1  # samples since the reference was last active
         self._active = (10 ** (active_dbfs / 20) * 32768) ** 2
-        # The frame just processed held only (residual) echo, as far as the canceller can tell:
-        # the reference is active and either the canceller is still adapting or the cleaned
-        # frame is less than gate_db below the mic's (decaying) energy envelope, or below
-        # floor_dbfs. The VAD must not start a turn
-        # on it (the published frame is unchanged).
+        # The frame just processed held only (residual) echo: see the module docstring.
         self.echo_only = False
         self.frames = 0
         self.resets = 0  # engine restarts (the tracked delay moved)
@@ -276,6 +317,8 @@ class AlignedCanceller:
             self._shift = shift
             self.engine.reset()
             self._adapted = 0
+            self.converged = False
+            self._mic_avg = self._out_avg = 0.0
             self.resets += 1
         aligned = h[len(h) - n - shift : len(h) - shift]
         out = np.empty(n, np.int16)
@@ -304,11 +347,26 @@ class AlignedCanceller:
             self.echo_only = False
             return
         self._adapted += len(mic)
-        if self._adapted < self._warmup:
-            self.echo_only = True
-            return
         e_mic = float(np.mean(np.square(mic.astype(np.float32))))
         e_out = float(np.mean(np.square(out.astype(np.float32))))
+        if not self.converged:
+            # converged: the echo is down by converge_db over the last converge_window_ms, or
+            # max_warmup_ms passed (a mic that does not hear the speaker never "converges")
+            a = min(1.0, len(mic) / self._converge_window)
+            self._mic_avg += a * (e_mic - self._mic_avg)
+            self._out_avg += a * (e_out - self._out_avg)
+            reduced = self._mic_avg >= self._out_avg * self._converge
+            if (self._adapted >= self._warmup and reduced) or self._adapted >= self._max_warmup:
+                log.info(
+                    "= %s canceller converged after %d ms of reference (echo down %.1f dB)",
+                    self.engine.name,
+                    self._adapted * 1000 // self._rate,
+                    10 * np.log10(max(self._mic_avg, 1e-9) / max(self._out_avg, 1e-9)),
+                )
+                self.converged = True
+            else:
+                self.echo_only = True
+                return
         # the mic's energy envelope decays like a room's tail: the residual of the reverberation
         # after a phrase is judged against the phrase, not against its own faded level
         self._envelope = max(e_mic, self._envelope * self._decay ** len(mic))

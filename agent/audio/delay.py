@@ -6,7 +6,8 @@ stamping error and the acoustic path (5-150 ms and more). An echo canceller's ad
 only covers a few hundred milliseconds, so the reference is shifted by this estimate first.
 
 Estimator: GCC-PHAT (generalized cross-correlation with phase transform) between the last
-``window_ms`` of reference and mic, every ``update_ms``::
+``window_ms`` of reference and mic, every ``update_ms`` until a delay is locked, then every
+``locked_update_ms`` (an estimate costs ~5 ms of CPU: 3 FFTs of 64 k points)::
 
     R(f) = M(f) · conj(X(f)) / |M(f) · conj(X(f))|^beta      lag = argmax irfft(R)
 
@@ -67,6 +68,7 @@ class DelayEstimator:
         max_delay_ms: int = 300,
         window_ms: int = 1000,
         update_ms: int = 250,
+        locked_update_ms: int = 1000,
         min_window_ms: int = 500,
         min_ref_rms: float = 3e-3,
         min_peak_ratio: float = 8.0,
@@ -76,6 +78,7 @@ class DelayEstimator:
         self.max_lag = sample_rate_hz * max_delay_ms // 1000
         self._window = sample_rate_hz * window_ms // 1000
         self._update = sample_rate_hz * update_ms // 1000
+        self._locked_update = sample_rate_hz * locked_update_ms // 1000
         self._min_ref_rms = min_ref_rms
         self._min_peak_ratio = min_peak_ratio
         self._agree = max(1, round(sample_rate_hz * agree_ms / 1000))
@@ -114,7 +117,8 @@ class DelayEstimator:
             self._ref[-n:] = ref
         self._filled += n
         self._since_update += n
-        if self._filled >= self._min_fill and self._since_update >= self._update:
+        period = self._update if self.delay_samples is None else self._locked_update
+        if self._filled >= self._min_fill and self._since_update >= period:
             self._since_update = 0
             self._estimate()
         return self.delay_samples

@@ -13,14 +13,16 @@ Three modes (``mic.echo_mode``):
     by voice in this mode.
 
 ``software_aec``
-    A software echo canceller, plugged in by the integrator (``mic.aec_factory =
-    "package.module:factory"``). The speaker publishes what it played on ``audio.played``
-    (24 kHz mono PCM16; ``capture_mono_ns`` = when it reaches the loudspeaker, estimated from
-    PortAudio's output latency). The mic keeps that reference in a :class:`ReferenceBuffer`
-    and hands the canceller each mic frame together with the reference that was playing at
-    the frame's capture time, sample-aligned and of the same length (silence where nothing
-    played). The canceller still has to model the acoustic path (speaker -> room -> mic,
-    typically 1-50 ms plus the converters): an adaptive filter of 100+ ms handles that.
+    A software echo canceller: the built-in ``mic.aec`` (``speex`` or ``webrtc``,
+    :mod:`agent.audio.aec`, docs/aec.md) or one plugged in by the integrator
+    (``mic.aec_factory = "package.module:factory"``). The speaker publishes what it played on
+    ``audio.played`` (24 kHz mono PCM16; ``capture_mono_ns`` = when it reaches the
+    loudspeaker, estimated from PortAudio's output latency). The mic keeps that reference in
+    a :class:`ReferenceBuffer` and hands the canceller each mic frame together with the
+    reference that was playing at the frame's capture time, sample-aligned and of the same
+    length (silence where nothing played). The canceller still has to model the acoustic
+    path (speaker -> room -> mic, typically 1-50 ms plus the converters and the stamping
+    error): the built-in ones track that delay (:mod:`agent.audio.delay`).
 
 The hook, :class:`EchoCanceller`::
 

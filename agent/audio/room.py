@@ -186,7 +186,8 @@ class Scene:
 
     @property
     def mic(self) -> FloatArray:
-        return np.clip(self.echo + self.near + self.noise, -1.0, 32767 / 32768).astype(np.float32)
+        mixed: FloatArray = np.clip(self.echo + self.near + self.noise, -1.0, 32767 / 32768)
+        return mixed.astype(np.float32)
 
 
 def render(
@@ -247,7 +248,7 @@ def near_correlation(
 class RoomRun:
     cleaned: FloatArray
     events: list[VadEvent]
-    canceller_cpu_s: float  # thread CPU time spent in the canceller
+    canceller_cpu_s: float  # CPU time spent in the canceller (process time: native threads too)
     frame_cpu_ms: list[float] = field(default_factory=list)  # per frame, in the canceller
     canceller: EchoCanceller | None = None
 
@@ -261,7 +262,7 @@ class RoomRun:
 
 
 class _Timed:
-    """An EchoCanceller that times the one it wraps (thread CPU time)."""
+    """An EchoCanceller that times the one it wraps (process CPU time: native threads too)."""
 
     def __init__(self, inner: EchoCanceller) -> None:
         self.inner = inner
@@ -269,9 +270,9 @@ class _Timed:
         self.frame_ms: list[float] = []
 
     def process(self, mic: bytes, reference: bytes, capture_mono_ns: int) -> bytes:
-        t = time.thread_time()
+        t = time.process_time()
         out = self.inner.process(mic, reference, capture_mono_ns)
-        dt = time.thread_time() - t
+        dt = time.process_time() - t
         self.cpu_s += dt
         self.frame_ms.append(dt * 1000)
         return out
