@@ -244,9 +244,10 @@ class AlignedCanceller:
         frame_samples: int = 480,
         max_delay_ms: int = 300,
         lead_ms: int = 10,
+        lookahead_ms: int = 20,
         warmup_ms: int = 3000,
-        max_warmup_ms: int = 6000,
-        converge_db: float = 15.0,
+        max_warmup_ms: int = 8000,
+        converge_db: float = 20.0,
         converge_window_ms: int = 500,
         gate_db: float = 12.0,
         tail_decay_db_s: float = 30.0,
@@ -261,6 +262,9 @@ class AlignedCanceller:
             )
         self.engine = engine
         self.frame_samples = frame_samples
+        # EchoControl hands over the reference this far ahead of each frame: the echo may come
+        # before the play stamps say (the estimated delay includes it)
+        self.lookahead_ms = lookahead_ms
         self.estimator = DelayEstimator(sample_rate_hz=sample_rate_hz, max_delay_ms=max_delay_ms)
         self._lead = sample_rate_hz * lead_ms // 1000
         self._history = np.zeros(self.estimator.max_lag + frame_samples, np.int16)

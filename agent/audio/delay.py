@@ -71,7 +71,7 @@ class DelayEstimator:
         locked_update_ms: int = 1000,
         min_window_ms: int = 500,
         min_ref_rms: float = 3e-3,
-        min_peak_ratio: float = 8.0,
+        min_peak_ratio: float = 12.0,
         agree_ms: float = 2.0,
     ):
         self._rate = sample_rate_hz

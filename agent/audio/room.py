@@ -62,6 +62,9 @@ AVATAR_VOICE = "en-us"
 GUEST_VOICE = "en-gb+f3"
 GUEST_DBFS = -30.0  # the guest's speech at the mic (active RMS)
 _T0_NS = 10_000_000_000  # capture clock at the scene's first sample (any value)
+# audio.played arrives ahead of its play time (the output latency): frames of reference
+# handed to the mic before the frame captured at the same time
+_REFERENCE_AHEAD = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +284,10 @@ class _Timed:
     def echo_only(self) -> bool:
         return bool(getattr(self.inner, "echo_only", False))
 
+    @property
+    def lookahead_ms(self) -> int:
+        return int(getattr(self.inner, "lookahead_ms", 0))
+
 
 def play(scene: Scene, settings: MicSettings) -> RoomRun:
     """Run the scene through the mic's core (``settings.echo_mode``, ``settings.aec``)."""
@@ -299,9 +306,17 @@ def play(scene: Scene, settings: MicSettings) -> RoomRun:
     events: list[VadEvent] = []
     frame_ns = settings.frame_ms * 1_000_000
     core.on_speaker_state(True, _T0_NS)
-    for k in range(len(mic) // frame):
+    n = len(mic) // frame
+
+    def played(k: int) -> None:
+        if k < n:
+            core.on_reference(far[k * frame : (k + 1) * frame].tobytes(), _T0_NS + k * frame_ns)
+
+    for k in range(_REFERENCE_AHEAD):
+        played(k)
+    for k in range(n):
+        played(k + _REFERENCE_AHEAD)  # the speaker publishes what it plays ahead of time
         t = _T0_NS + k * frame_ns
-        core.on_reference(far[k * frame : (k + 1) * frame].tobytes(), t)
         result = core.process(mic[k * frame : (k + 1) * frame].tobytes(), t)
         out[k * frame : (k + 1) * frame] = np.frombuffer(result.pcm, "<i2") / 32768.0
         events += result.events
