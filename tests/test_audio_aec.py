@@ -20,6 +20,7 @@ import pytest
 from agent.audio import room as R
 from agent.audio.aec import AlignedCanceller, SpeexEngine, WebRtcEngine, speex, webrtc
 from agent.audio.capture import CaptureCore
+from agent.audio.echo import ReferenceBuffer
 from agent.audio.settings import MicSettings
 from agent.errors import ConfigError
 
@@ -143,3 +144,36 @@ def test_bad_frames_pass_through_and_are_counted() -> None:
     frame = np.full(480, 300, "<i2").tobytes()
     assert len(c.process(frame, bytes(960), 0)) == 960
     assert c.errors == 1
+
+
+# --- the continuous reference (agent/audio/echo.py ReferenceBuffer, snap_ms) ------------------
+
+MS = 1_000_000
+
+
+def _blocks(n: int) -> list[bytes]:
+    return [np.full(240, i + 1, "<i2").tobytes() for i in range(n)]  # 10 ms each, value = index
+
+
+def test_play_stamp_jitter_keeps_the_reference_continuous() -> None:
+    ref = ReferenceBuffer(snap_ms=100)
+    jitter = [0, 7, -9, 3, 12, -4, 0, 8]  # ms, as PulseAudio's play stamps
+    for i, (pcm, j) in enumerate(zip(_blocks(8), jitter, strict=True)):
+        ref.add(pcm, 1000 * MS + i * 10 * MS + j * MS)
+    w = np.frombuffer(ref.window(1000 * MS, 8 * 240), "<i2")
+    assert list(w) == [v for i in range(8) for v in [i + 1] * 240]  # no gap, no overlap
+    assert (ref.steps, ref.reanchors) == (0, 0)
+
+
+def test_a_persistent_step_moves_the_chain_and_a_new_utterance_reanchors() -> None:
+    ref = ReferenceBuffer(snap_ms=100)
+    for i, pcm in enumerate(_blocks(10)):
+        late = 30 * MS if i >= 4 else 0  # playback slipped 30 ms (an underrun) at block 4
+        ref.add(pcm, 1000 * MS + i * 10 * MS + late)
+    assert ref.steps == 1
+    w = np.frombuffer(ref.window(1000 * MS, 20 * 240), "<i2")
+    # after the step is confirmed, the following blocks sit 30 ms later
+    assert int(w[(9 + 3) * 240]) == 10
+    ref.add(np.full(240, 99, "<i2").tobytes(), 3000 * MS)  # the next utterance, 2 s later
+    assert ref.reanchors == 1
+    assert int(np.frombuffer(ref.window(3000 * MS, 240), "<i2")[0]) == 99

@@ -29,9 +29,11 @@ follows a jump) and feeds both, block by block, to the engine::
 Barge-in gate: a canceller leaves some residual echo (reverberation longer than its filter,
 bursts while it re-adapts). The VAD must not start a turn on it, so while the avatar speaks
 (and ``hangover_ms`` after) each cleaned frame is judged ``echo_only`` when the canceller has
-not converged yet (echo down ``converge_db``), or the frame is ``gate_db`` below the mic's
-energy envelope (which decays like a room's tail), or below ``floor_dbfs``. The published
-frame is never changed by it; only the VAD hears silence instead.
+not converged yet (echo down ``converge_db`` over ``converge_window_ms``, at least
+``warmup_ms`` of reference after a (re)start; it fails closed: a canceller that never converges
+keeps barge-in off while the avatar speaks, and says so), or the frame is ``gate_db`` below the
+mic's energy envelope (which decays like a room's tail), or below ``floor_dbfs``. The
+published frame is never changed by it; only the VAD hears silence instead.
 
 A failing engine never kills the mic: the frame passes unchanged, the error is counted and
 logged once.
@@ -354,21 +356,32 @@ class AlignedCanceller:
         e_mic = float(np.mean(np.square(mic.astype(np.float32))))
         e_out = float(np.mean(np.square(out.astype(np.float32))))
         if not self.converged:
-            # converged: the echo is down by converge_db over the last converge_window_ms, or
-            # max_warmup_ms passed (a mic that does not hear the speaker never "converges")
+            # converged: the echo is down by converge_db over the last converge_window_ms. Until
+            # then barge-in stays off while the avatar speaks (fail closed: no false barge-in);
+            # a canceller that does not converge at all is reported once (max_warmup_ms).
             a = min(1.0, len(mic) / self._converge_window)
             self._mic_avg += a * (e_mic - self._mic_avg)
             self._out_avg += a * (e_out - self._out_avg)
-            reduced = self._mic_avg >= self._out_avg * self._converge
-            if (self._adapted >= self._warmup and reduced) or self._adapted >= self._max_warmup:
+            down_db = 10 * np.log10(max(self._mic_avg, 1e-9) / max(self._out_avg, 1e-9))
+            if self._adapted >= self._warmup and self._mic_avg >= self._out_avg * self._converge:
                 log.info(
                     "= %s canceller converged after %d ms of reference (echo down %.1f dB)",
                     self.engine.name,
                     self._adapted * 1000 // self._rate,
-                    10 * np.log10(max(self._mic_avg, 1e-9) / max(self._out_avg, 1e-9)),
+                    down_db,
                 )
                 self.converged = True
             else:
+                if self._adapted - len(mic) < self._max_warmup <= self._adapted:
+                    log.warning(
+                        "%s canceller has not converged after %d ms of the avatar's voice (echo "
+                        "down %.1f dB): barge-in by voice stays off while the avatar speaks; "
+                        "is the reference late, or does this mic cancel echo itself "
+                        "(echo_mode = none)?",
+                        self.engine.name,
+                        self._adapted * 1000 // self._rate,
+                        down_db,
+                    )
                 self.echo_only = True
                 return
         # the mic's energy envelope decays like a room's tail: the residual of the reverberation
