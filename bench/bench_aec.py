@@ -3,7 +3,8 @@
 For each canceller (``mic.aec`` = webrtc, speex) and ``echo_mode = none`` as the positive control,
 in every room of ``ROOMS``, through the mic's real core (reference buffer, canceller, VAD):
 
-- far end only (``FAR_S`` of avatar speech): ERLE after 2 s, VAD onsets (false barge-ins),
+- far end only (``FAR_S`` of avatar speech): ERLE after 2 s (of the canceller's output, also
+  where the mic published silence before convergence), VAD onsets (false barge-ins),
   the tracked delay against the room's, the canceller's CPU per second of audio;
 - double talk (``TRIALS`` per room, the guest starts 5-7 s into the avatar's speech, once the
   canceller has converged): the guest's
@@ -46,9 +47,10 @@ def far_end(room: R.Room, mode: str, aec: str, seconds: float, seed: int) -> dic
     est = c.estimator.delay_ms if isinstance(c, AlignedCanceller) else None
     est = None if est is None or not isinstance(c, AlignedCanceller) else est - c.lookahead_ms
     return {
-        "erle_db": round(R.erle_db(scene.echo, run.cleaned), 1),
+        "erle_db": round(R.erle_db(scene.echo, run.unmuted), 1),
         "false_onsets": len(run.onsets_s()),
         "false_onsets_after_2s": sum(t >= 2.0 for t in run.onsets_s()),
+        "muted_s": round(getattr(run.canceller, "muted_frames", 0) * 0.02, 2),
         "delay_true_ms": round(scene.echo_delay_ms, 1),
         "delay_est_ms": None if est is None else round(est, 1),
         "cpu_pct": round(100 * run.canceller_cpu_s / seconds, 2),
@@ -129,7 +131,7 @@ def main() -> int:
             "corr_guest_through_canceller_min": min(r["corr_kept"] for r in per_room),
         }
     cols = (
-        "canceller room rt60_s gain_db erle_db false_onsets false_onsets_after_2s "
+        "canceller room rt60_s gain_db erle_db false_onsets false_onsets_after_2s muted_s "
         "delay_true_ms delay_est_ms cpu_pct frame_ms_p99 dt_detected corr_clean corr_kept"
     ).split()
     print(

@@ -46,7 +46,7 @@ def _far_end(mode: str, rooms: tuple[R.Room, ...] = R.ROOMS, seconds: float = FA
     for i, room in enumerate(rooms):
         scene = R.render(room, R.avatar_talk(seconds, seed=i), seed=i)
         run = R.play(scene, settings)
-        erle.append(R.erle_db(scene.echo, run.cleaned))
+        erle.append(R.erle_db(scene.echo, run.unmuted))
         onsets.append(run.onsets_s())
         cpu.append(run.canceller_cpu_s / seconds)
         c = run.canceller
@@ -109,7 +109,7 @@ def test_guest_interrupts_during_double_talk(room: R.Room) -> None:
     onsets = run.onsets_s()
     assert onsets, "the guest's onset was not detected"
     assert start - 0.05 <= onsets[0] <= start + 0.5, (start, onsets)
-    # the guest's voice is kept: the cleaned signal against the clean guest
+    # the guest's voice is kept: the published signal against the clean guest
     corr, _lag_ms = R.near_correlation(scene, run.cleaned)
     assert corr >= 0.9
     # positive control: the raw mic is mostly the avatar there
@@ -123,7 +123,7 @@ def test_webrtc_cancels_deeper_but_keeps_less_of_the_guest() -> None:
     settings = MicSettings(backend="null", echo_mode="software_aec", aec="webrtc")
     scene = R.render(room, R.avatar_talk(5.0, seed=1), seed=1)
     run = R.play(scene, settings)
-    assert R.erle_db(scene.echo, run.cleaned) > 30
+    assert R.erle_db(scene.echo, run.unmuted) > 30
     assert run.onsets_s() == []
 
 
@@ -177,3 +177,15 @@ def test_a_persistent_step_moves_the_chain_and_a_new_utterance_reanchors() -> No
     ref.add(np.full(240, 99, "<i2").tobytes(), 3000 * MS)  # the next utterance, 2 s later
     assert ref.reanchors == 1
     assert int(np.frombuffer(ref.window(3000 * MS, 240), "<i2")[0]) == 99
+
+
+def test_until_converged_the_mic_publishes_silence_like_half_duplex() -> None:
+    """No echo reaches the cloud before the canceller has proven itself; then its output."""
+    scene = R.render(R.ROOMS[1], R.avatar_talk(6.0, seed=5), seed=5)
+    run = R.play(scene, MicSettings(backend="null", echo_mode="software_aec"))
+    c = run.canceller
+    assert isinstance(c, AlignedCanceller) and c.converged and c.muted_frames > 0
+    first = slice(int(0.5 * R.RATE), int(1.5 * R.RATE))
+    assert not np.any(run.cleaned[first]) and np.any(run.unmuted[first])
+    last = slice(int(5.0 * R.RATE), int(6.0 * R.RATE))
+    assert np.array_equal(run.cleaned[last], run.unmuted[last])

@@ -32,8 +32,10 @@ bursts while it re-adapts). The VAD must not start a turn on it, so while the av
 not converged yet (echo down ``converge_db`` over ``converge_window_ms``, at least
 ``warmup_ms`` of reference after a (re)start; it fails closed: a canceller that never converges
 keeps barge-in off while the avatar speaks, and says so), or the frame is ``gate_db`` below the
-mic's energy envelope (which decays like a room's tail), or below ``floor_dbfs``. The
-published frame is never changed by it; only the VAD hears silence instead.
+mic's energy envelope (which decays like a room's tail), or below ``floor_dbfs``. The VAD hears
+silence instead of such a frame; the published frame is the cleaned one, except before
+convergence (``mute_until_converged``): then it is silence, as with ``half_duplex``, so that
+no echo reaches the cloud's VAD either.
 
 A failing engine never kills the mic: the frame passes unchanged, the error is counted and
 logged once.
@@ -256,6 +258,7 @@ class AlignedCanceller:
         active_dbfs: float = -50.0,
         floor_dbfs: float = -55.0,
         hangover_ms: int = 1000,
+        mute_until_converged: bool = True,
     ):
         if frame_samples % engine.block_samples:
             raise ConfigError(
@@ -289,6 +292,9 @@ class AlignedCanceller:
         self._active = (10 ** (active_dbfs / 20) * 32768) ** 2
         # The frame just processed held only (residual) echo: see the module docstring.
         self.echo_only = False
+        self.mute_until_converged = mute_until_converged
+        self.cleaned = b""  # the canceller's output for the last frame, even when muted
+        self.muted_frames = 0
         self.frames = 0
         self.resets = 0  # engine restarts (the tracked delay moved)
         self.errors = 0  # frames passed through because the engine failed or the input was bad
@@ -337,7 +343,13 @@ class AlignedCanceller:
             self.echo_only = self._reference_active()
             return mic
         self._judge(m, out)
-        return bytes(out.astype("<i2").tobytes())
+        self.cleaned = bytes(out.astype("<i2").tobytes())
+        if self.mute_until_converged and self.echo_only and not self.converged:
+            # not converged while the avatar speaks: publish silence, as half_duplex does, so
+            # that no echo reaches the cloud's own VAD either
+            self.muted_frames += 1
+            return bytes(len(self.cleaned))
+        return self.cleaned
 
     def _reference_active(self) -> bool:
         """The avatar spoke within the delay line or the hangover after it."""

@@ -249,7 +249,8 @@ def near_correlation(
 
 @dataclass
 class RoomRun:
-    cleaned: FloatArray
+    cleaned: FloatArray  # what the mic published
+    unmuted: FloatArray  # the canceller's output, also where silence was published instead
     events: list[VadEvent]
     canceller_cpu_s: float  # CPU time spent in the canceller (process time: native threads too)
     frame_cpu_ms: list[float] = field(default_factory=list)  # per frame, in the canceller
@@ -271,6 +272,7 @@ class _Timed:
         self.inner = inner
         self.cpu_s = 0.0
         self.frame_ms: list[float] = []
+        self.unmuted: list[bytes] = []
 
     def process(self, mic: bytes, reference: bytes, capture_mono_ns: int) -> bytes:
         t = time.process_time()
@@ -278,6 +280,8 @@ class _Timed:
         dt = time.process_time() - t
         self.cpu_s += dt
         self.frame_ms.append(dt * 1000)
+        # the canceller's own output, also where it published silence (not converged yet)
+        self.unmuted.append(getattr(self.inner, "cleaned", out) or out)
         return out
 
     @property
@@ -320,8 +324,14 @@ def play(scene: Scene, settings: MicSettings) -> RoomRun:
         result = core.process(mic[k * frame : (k + 1) * frame].tobytes(), t)
         out[k * frame : (k + 1) * frame] = np.frombuffer(result.pcm, "<i2") / 32768.0
         events += result.events
+    unmuted = out
+    if timed is not None and timed.unmuted:
+        unmuted = np.zeros(len(mic), np.float32)
+        pcm = np.frombuffer(b"".join(timed.unmuted), "<i2")
+        unmuted[: len(pcm)] = pcm / 32768.0
     return RoomRun(
         cleaned=out,
+        unmuted=unmuted,
         events=events,
         canceller_cpu_s=timed.cpu_s if timed else 0.0,
         frame_cpu_ms=timed.frame_ms if timed else [],
