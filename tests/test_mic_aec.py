@@ -99,14 +99,14 @@ async def _speaker_into_mic(
     started_ns = started[-1]
     judged_from = started_ns + int(CONVERGED_S * 1e9)
     judged_to = started_ns + int(len(pcm) / RATE * 1e9)
-    cleaned = np.concatenate(
-        [
-            np.frombuffer(f.payload[0], "<i2").astype(np.float64)
-            for f in frames
-            if judged_from <= f.msg.capture_mono_ns < judged_to  # type: ignore[attr-defined]
-        ]
-    )
-    assert len(cleaned) > RATE  # more than a second judged
+    # frames of exact silence are the mic muting itself before convergence: not judged
+    judged = [
+        np.frombuffer(f.payload[0], "<i2").astype(np.float64)
+        for f in frames
+        if judged_from <= f.msg.capture_mono_ns < judged_to  # type: ignore[attr-defined]
+    ]
+    cleaned = np.concatenate([x for x in judged if np.any(x)] or [np.zeros(0)])
+    assert len(cleaned) > RATE, "less than a second of cancelled (unmuted) audio to judge"
     a = int(CONVERGED_S * RATE)
     echo_energy = float(np.mean(np.square(pcm[a:].astype(np.float64))))
     reduction_db = 10 * np.log10(echo_energy / max(float(np.mean(np.square(cleaned))), 1e-9))

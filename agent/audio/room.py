@@ -241,7 +241,7 @@ def near_correlation(
         c = cleaned[a + lag : b + lag].astype(np.float64)
         if len(c) < len(ref):
             break
-        r = float(np.corrcoef(ref, c)[0, 1])
+        r = float(np.corrcoef(ref, c)[0, 1]) if np.any(c) else 0.0  # silence: nothing kept
         if r > best:
             best, best_lag = r, lag
     return best, best_lag * 1000 / RATE
