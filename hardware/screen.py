@@ -71,6 +71,7 @@ class Screen(abc.ABC):
     """A frame sink. See the module docstring for the calling rules."""
 
     main_thread_only = False  # True: every call must come from the process's main thread
+    takes_audio = False  # True: write_audio() does something (the caller may skip it else)
 
     def __init__(self) -> None:
         self.frames_shown = 0
@@ -261,6 +262,7 @@ class FileScreen(Screen):
         self.path = Path(path)
         self.fps = fps
         self.audio = audio
+        self.takes_audio = audio
         self._container: av.container.OutputContainer | None = None
         self._video: av.VideoStream | None = None
         self._astream: av.AudioStream | None = None
