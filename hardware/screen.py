@@ -313,10 +313,8 @@ class FileScreen(Screen):
             frame = letterbox(frame, *self._size)
         pts = max(round((at_s - self._t0) * 1000), self._last_pts + 1)
         self._last_pts = pts
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")  # a copy
-        vf.pts = pts
-        vf.time_base = fractions.Fraction(1, 1000)
-        self._queue.put(("video", vf))
+        # a copy (the caller reuses its buffer); converted to YUV on the encoder thread
+        self._queue.put(("video", (np.array(frame, dtype=np.uint8, order="C"), pts)))
         self.frames_shown += 1
 
     def write_audio(self, pcm: bytes, rate_hz: int, channels: int, at_s: float) -> None:
@@ -334,10 +332,10 @@ class FileScreen(Screen):
             kind, data = item
             try:
                 if kind == "video":
-                    self._encode_video(data)
+                    self._encode_video(*data)
                 else:
                     self._encode_audio(*data)
-            except (av.FFmpegError, ValueError) as exc:
+            except (av.FFmpegError, ValueError, cv2.error) as exc:
                 log.error("= %s: encoding failed: %s", self.path, exc)
                 self._error = exc
 
@@ -358,10 +356,15 @@ class FileScreen(Screen):
                 format="fltp", layout="stereo", rate=self.AUDIO_RATE_HZ
             )
 
-    def _encode_video(self, vf: av.VideoFrame) -> None:
+    def _encode_video(self, frame: Image, pts: int) -> None:
         if self._video is None:
             self._start()
         assert self._video is not None and self._container is not None
+        # OpenCV's BGR -> I420 (BT.601, as swscale's default) takes a quarter of swscale's time
+        yuv = np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
+        vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+        vf.pts = pts
+        vf.time_base = fractions.Fraction(1, 1000)
         for packet in self._video.encode(vf):
             self._container.mux(packet)
 
