@@ -47,6 +47,7 @@ from agent.video.settings import DisplaySettings
 
 __all__ = [
     "FileScreen",
+    "Letterbox",
     "NullScreen",
     "Screen",
     "WindowScreen",
@@ -67,6 +68,25 @@ def letterbox(frame: Image, width: int, height: int) -> Image:
     out = np.zeros((height, width, 3), np.uint8)
     draw_fitted(frame, out)
     return out
+
+
+class Letterbox:
+    """:func:`letterbox` into a reused buffer: the bars are filled once per change of the
+    sizes, then each frame only writes its own rectangle. The result is valid until the
+    next call."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int, int, int] | None = None
+        self._out: Image | None = None
+
+    def __call__(self, frame: Image, width: int, height: int) -> Image:
+        if (frame.shape[1], frame.shape[0]) == (width, height):
+            return frame
+        key = (frame.shape[1], frame.shape[0], width, height)
+        if key != self._key or self._out is None:
+            self._key, self._out = key, np.zeros((height, width, 3), np.uint8)
+        draw_fitted(frame, self._out)  # the same rectangle every time: the bars stay black
+        return self._out
 
 
 class Screen(abc.ABC):
@@ -165,6 +185,7 @@ class WindowScreen(Screen):
         self.fullscreen, self.monitor_x, self.monitor_y = fullscreen, monitor_x, monitor_y
         self._opened = False
         self._rect: tuple[int, int] | None = None  # image area, re-read now and then
+        self._letterbox = Letterbox()
         self.gui_thread = ""  # name of the thread that opened the window (and must drive it)
         self._gui_ident: int | None = None
 
@@ -226,7 +247,7 @@ class WindowScreen(Screen):
                 _, _, w, h = self.image_rect()
                 self._rect = (w, h) if w > 0 and h > 0 else None
             if self._rect is not None:
-                frame = letterbox(frame, *self._rect)
+                frame = self._letterbox(frame, *self._rect)
         try:
             cv2.imshow(self.title, frame)
             cv2.waitKey(1)
@@ -286,6 +307,7 @@ class FileScreen(Screen):
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(self.QUEUE_ITEMS)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None  # the encoder thread's, raised by show()
+        self._letterbox = Letterbox()
 
     def open(self) -> None:
         try:
@@ -309,8 +331,7 @@ class FileScreen(Screen):
             self._size = (w - w % 2, h - h % 2)  # yuv420p needs even sizes
             self._t0 = at_s
         assert self._size is not None
-        if (frame.shape[1], frame.shape[0]) != self._size:
-            frame = letterbox(frame, *self._size)
+        frame = self._letterbox(frame, *self._size)  # (odd sizes: yuv420p needs even ones)
         pts = max(round((at_s - self._t0) * 1000), self._last_pts + 1)
         self._last_pts = pts
         # a copy (the caller reuses its buffer); converted to YUV on the encoder thread

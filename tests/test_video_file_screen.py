@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.errors import DeviceError
-from hardware.screen import FileScreen, NullScreen, letterbox
+from hardware.screen import FileScreen, Letterbox, NullScreen, letterbox
 
 
 def ffprobe(path: Path) -> list[dict[str, Any]]:
@@ -120,3 +120,21 @@ def test_mp4_video_and_voice_stay_in_sync(tmp_path: Path) -> None:
     offsets_ms = [(f - c) * 1000 for f, c in zip(flashes, clicks, strict=True)]
     assert all(abs(o) < 40 for o in offsets_ms), offsets_ms  # within one 25 fps frame
     assert abs(flashes[1] - flashes[0] - 1.0) < 0.005  # and at the times they were given
+
+
+def test_reused_letterbox_is_a_fresh_letterbox() -> None:
+    """The window and the MP4 letterbox into a reused buffer (bars filled once per size):
+    every frame equals a fresh letterbox, also after the sizes change."""
+    rng = np.random.default_rng(7)
+    box = Letterbox()
+    for src, dst in (
+        [((90, 160), (200, 200))] * 3
+        + [((100, 100), (300, 120))] * 2
+        + [
+            ((90, 160), (200, 200)),
+            ((64, 64), (64, 64)),
+        ]
+    ):
+        frame = rng.integers(0, 256, (*src, 3), dtype=np.uint8)
+        got = box(frame, dst[1], dst[0])
+        assert np.array_equal(got, letterbox(frame, dst[1], dst[0])), (src, dst)
