@@ -356,8 +356,8 @@ class FileScreen(Screen):
                     self._encode_video(*data)
                 else:
                     self._encode_audio(*data)
-            except (av.FFmpegError, ValueError, cv2.error) as exc:
-                log.error("= %s: encoding failed: %s", self.path, exc)
+            except Exception as exc:  # any: the thread must keep draining, or show() blocks
+                log.exception("= %s: encoding failed", self.path)
                 self._error = exc
 
     def _start(self) -> None:
