@@ -14,6 +14,11 @@ growing word by word every 5 frames, as live transcripts do).
     .venv/bin/python -m bench.bench_compose [--baseline DIR] [--frames 400]
 
 Without ``--baseline`` only this tree is timed.
+
+A last row times the MP4 screen's ``show()`` on the caller's (the render) thread for
+1280x720 frames at 30 fps timestamps, this tree's :class:`hardware.screen.FileScreen`
+(encoding on its own thread) against the baseline's (encoding inside ``show()``), also
+alternating; it starts when ``show()`` is called and stops when it returns.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import argparse
 import importlib.util
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import ModuleType
@@ -30,6 +36,7 @@ from typing import Any
 from agent.emulator.avatar import AvatarPainter
 from agent.video import compose as current
 from bench.common import percentiles, save, table
+from hardware import screen as hw_screen
 
 WORDS = "Welcome to the hotel, your room is on the second floor next to the lift".split()
 
@@ -43,6 +50,32 @@ def load_baseline(root: Path) -> ModuleType:
     sys.modules["baseline_compose"] = module  # dataclasses need the module registered
     spec.loader.exec_module(module)
     return module
+
+
+def load_baseline_screen(root: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("baseline_screen", root / "hardware/screen.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_screen"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_mp4(modules: list[ModuleType], frames: int, workdir: str) -> list[list[float]]:
+    avatars = [AvatarPainter(1280, 720).paint(k / 10) for k in range(10)]
+    screens = [m.FileScreen(f"{workdir}/{k}.mp4", 30, audio=False) for k, m in enumerate(modules)]
+    for screen in screens:
+        screen.open()
+    times: list[list[float]] = [[] for _ in modules]
+    for i in range(frames):
+        order = (0, 1) if i % 2 == 0 else (1, 0)
+        for k in order if len(modules) == 2 else (0,):
+            t0 = time.perf_counter_ns()
+            screens[k].show(avatars[i % 10], 100.0 + i / 30)
+            times[k].append((time.perf_counter_ns() - t0) / 1e6)
+    for screen in screens:
+        screen.close()
+    return times
 
 
 def run_scene(
@@ -84,9 +117,21 @@ def main() -> None:
             if len(stats) == 2:
                 rows[-1]["p50_ratio"] = round(stats[1]["p50_ms"] / stats[0]["p50_ms"], 3)
             print(f"{scene}: p50 {[st['p50_ms'] for st in stats]} ms (load {load})", flush=True)
+    screens = (
+        [load_baseline_screen(args.baseline.resolve()), hw_screen] if args.baseline else [hw_screen]
+    )
+    with tempfile.TemporaryDirectory(prefix="ntc-") as workdir:
+        times = run_mp4(screens, min(args.frames, 300), workdir)
+    load = round(os.getloadavg()[0], 2)
+    stats = [percentiles(t) for t in times]
+    for code, st in zip(codes, stats, strict=True):
+        rows.append({"scene": "MP4 show(), 1280x720", "code": code, "load": load, **st})
+    if len(stats) == 2:
+        rows[-1]["p50_ratio"] = round(stats[1]["p50_ms"] / stats[0]["p50_ms"], 3)
+    print(f"MP4 show(): p50 {[st['p50_ms'] for st in stats]} ms (load {load})", flush=True)
     print(
         table(
-            "compose(): ms per 1280x720 frame, baseline and this tree interleaved",
+            "compose() and MP4 show(): ms per 1280x720 frame, baseline and this tree interleaved",
             rows,
             ["scene", "code", "n", "p50_ms", "p90_ms", "p99_ms", "p50_ratio", "load"],
         )
