@@ -12,6 +12,16 @@ For 512x512 @ 25 fps and 1280x720 @ 30 fps it measures, over real aiortc on loop
 ::
 
     .venv/bin/python -m bench.bench_video [--seconds 10] [--backend null|window|file]
+        [--baseline DIR [--rounds 2]]
+
+With ``--baseline DIR`` (a checkout of the code to compare with, e.g.
+``git worktree add /tmp/base main``), the display runs alternately from DIR and from
+this tree, ABBA-interleaved in one run, so that both see the same machine load; the
+table then carries one row per run and a ratio per config (median CPU this tree /
+baseline). The CPU figure starts when the avatar starts speaking (after 2 s of warm-up)
+and stops ``--seconds`` later; it is the display process's user + system time
+(/proc/PID/stat) over that wall time, and ``load`` is the 1-minute load average
+at the end of the window.
 
 This process plays the session and the cloud (bus proxy + aiortc sender); the
 display runs as ``python -m bench.bench_video --child ...``. Results go to
@@ -70,6 +80,7 @@ class FlashTimer(Screen):
         super().__init__()
         self.inner = inner
         self.main_thread_only = inner.main_thread_only  # the window must stay on the main thread
+        self.takes_audio = getattr(inner, "takes_audio", True)  # (a baseline without it)
         self.flashes: list[float] = []
 
     def open(self) -> None:
@@ -117,11 +128,17 @@ def read_json(path: str) -> dict[str, Any]:
     return data
 
 
-def start_child(settings: Settings, out_path: str) -> subprocess.Popen[bytes]:
+HERE = Path(__file__).resolve().parents[1]
+
+
+def start_child(settings: Settings, out_path: str, root: Path = HERE) -> subprocess.Popen[bytes]:
+    """The display process, running the code of ``root`` (this tree, or a baseline)."""
+    env = dict(os.environ, PYTHONPATH=str(root))
     return subprocess.Popen(
         [sys.executable, "-m", "bench.bench_video", "--child",
          msgspec.json.encode(settings).decode(), out_path],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=root,
+        env=env,
     )  # fmt: skip
 
 
@@ -153,7 +170,14 @@ async def next_on(bus: Bus, topic: str, timeout: float = 20.0) -> Delivery:
 
 
 async def run_config(
-    name: str, w: int, h: int, fps: int, seconds: float, backend: str, workdir: str
+    name: str,
+    w: int,
+    h: int,
+    fps: int,
+    seconds: float,
+    backend: str,
+    workdir: str,
+    root: Path = HERE,
 ) -> dict[str, Any]:
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
@@ -175,7 +199,7 @@ async def run_config(
         session = Bus(bs, "session")
         session.subscribe(topics.WEBRTC_LOCAL_ANSWER, topics.VIDEO_STATS, topics.AUDIO_OUT)
         await session.start()
-        proc = start_child(settings, out_path)
+        proc = start_child(settings, out_path, root)
         restrict_ice_host("127.0.0.1")
         media = AvatarMedia(w, h, fps)
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -225,6 +249,7 @@ async def run_config(
                 await consume(min(end, time.monotonic() + 1.0))
             await consume(end)
             cpu1, t1 = cpu_seconds(proc.pid), time.monotonic()
+            load = os.getloadavg()[0]
             sent = media.video.frames_sent - sent0
             await consume(time.monotonic() + 0.6)  # the last stats after the window
             last = stats[-1]
@@ -244,7 +269,9 @@ async def run_config(
     dropped = last.frames_dropped - base.frames_dropped
     return {
         "config": name,
+        "code": "this tree" if root == HERE else "baseline",
         "backend": backend,
+        "load": round(load, 2),
         "seconds": round(t1 - t0, 2),
         "frames_sent": sent,
         "frames_received": received,
@@ -254,6 +281,8 @@ async def run_config(
         "render_lag_p99_ms": last.render_lag_ms_p99,
         "frame_period_ms": round(1000 / fps, 1),
         "display_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
+        # per frame received: fair between runs whose sender the load slowed down
+        "cpu_ms_per_frame": round(1000 * (cpu1 - cpu0) / max(1, received), 2),
         "markers": markers,
         "av_pairs": len(offsets),
         "av_offset_ms_mean": round(float(np.mean(offsets)), 1) if offsets else None,
@@ -262,22 +291,50 @@ async def run_config(
     }
 
 
-async def main(seconds: float, backend: str) -> None:
+async def main(seconds: float, backend: str, baseline: Path | None, rounds: int) -> None:
     rows = []
+    ratios: dict[str, Any] = {}
     for name, w, h, fps in CONFIGS:
-        with tempfile.TemporaryDirectory(prefix="ntv-") as workdir:
-            rows.append(await run_config(name, w, h, fps, seconds, backend, workdir))
+        # ABBA: baseline, this, this, baseline, ... so that a load trend hits both alike
+        abba = [baseline, HERE, HERE, baseline] * rounds
+        order = [HERE] if baseline is None else abba[: 2 * rounds]
+        runs: dict[Path, list[float]] = {}
+        per_frame: dict[Path, list[float]] = {}
+        for root in order:
+            with tempfile.TemporaryDirectory(prefix="ntv-") as workdir:
+                row = await run_config(name, w, h, fps, seconds, backend, workdir, root)
+            rows.append(row)
+            runs.setdefault(root, []).append(row["display_cpu_pct"])
+            per_frame.setdefault(root, []).append(row["cpu_ms_per_frame"])
+            print(
+                f"{name} {row['code']}: display {row['display_cpu_pct']} % "
+                f"{row['cpu_ms_per_frame']} ms/frame (load {row['load']})",
+                flush=True,
+            )
+        if baseline is not None:
+            ratios[name] = {
+                what: round(float(np.median(d[HERE]) / max(1e-9, np.median(d[baseline]))), 3)
+                for what, d in (("cpu_pct", runs), ("cpu_ms_per_frame", per_frame))
+            }
     columns = [
-        "config", "backend", "frames_sent", "frames_received", "frames_rendered",
-        "frames_dropped", "render_lag_p50_ms", "render_lag_p99_ms", "display_cpu_pct",
-        "av_pairs", "av_offset_ms_mean", "av_offset_ms_min", "av_offset_ms_max",
+        "config", "code", "backend", "load", "frames_sent", "frames_received",
+        "frames_rendered", "frames_dropped", "render_lag_p50_ms", "render_lag_p99_ms",
+        "display_cpu_pct", "cpu_ms_per_frame", "av_pairs", "av_offset_ms_mean",
+        "av_offset_ms_min", "av_offset_ms_max",
     ]  # fmt: skip
-    print(table(f"video: {seconds:.0f} s per config, display in its own process", rows, columns))
+    print(table(f"video: {seconds:.0f} s per run, display in its own process", rows, columns))
+    for name, ratio in ratios.items():
+        print(
+            f"{name}: display CPU this tree / baseline (medians): x{ratio['cpu_pct']} of % "
+            f"of a core, x{ratio['cpu_ms_per_frame']} per frame received"
+        )
     path = save(
         "video",
         {
             "goals": {"drops": 0, "render_lag": "<= 1 frame", "av_sync_ms": "within +-40"},
             "cpu_count": os.cpu_count(),
+            "baseline": str(baseline) if baseline else None,
+            "cpu_ratio_vs_baseline": ratios,
             "results": rows,
         },
     )
@@ -295,5 +352,8 @@ if __name__ == "__main__":
         choices=["null", "window", "file"],
         default="window" if os.environ.get("DISPLAY") else "null",
     )
+    parser.add_argument("--baseline", type=Path, help="a checkout to compare with, interleaved")
+    parser.add_argument("--rounds", type=int, default=2, help="runs per code with --baseline")
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.backend))
+    baseline = args.baseline.resolve() if args.baseline else None
+    asyncio.run(main(args.seconds, args.backend, baseline, args.rounds))

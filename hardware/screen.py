@@ -26,10 +26,12 @@ import abc
 import fractions
 import logging
 import os
+import queue
 import socket
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 # OpenCV before PyAV: if PyAV's bundled libraries load first, OpenCV's Qt window hangs
 # (checked: opencv-python 4.14 + av 18 under Xvfb). WindowScreen.open() checks the order.
@@ -45,6 +47,7 @@ from agent.video.settings import DisplaySettings
 
 __all__ = [
     "FileScreen",
+    "Letterbox",
     "NullScreen",
     "Screen",
     "WindowScreen",
@@ -67,10 +70,30 @@ def letterbox(frame: Image, width: int, height: int) -> Image:
     return out
 
 
+class Letterbox:
+    """:func:`letterbox` into a reused buffer: the bars are filled once per change of the
+    sizes, then each frame only writes its own rectangle. The result is valid until the
+    next call."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, int, int, int] | None = None
+        self._out: Image | None = None
+
+    def __call__(self, frame: Image, width: int, height: int) -> Image:
+        if (frame.shape[1], frame.shape[0]) == (width, height):
+            return frame
+        key = (frame.shape[1], frame.shape[0], width, height)
+        if key != self._key or self._out is None:
+            self._key, self._out = key, np.zeros((height, width, 3), np.uint8)
+        draw_fitted(frame, self._out)  # the same rectangle every time: the bars stay black
+        return self._out
+
+
 class Screen(abc.ABC):
     """A frame sink. See the module docstring for the calling rules."""
 
     main_thread_only = False  # True: every call must come from the process's main thread
+    takes_audio = False  # True: write_audio() does something (the caller may skip it else)
 
     def __init__(self) -> None:
         self.frames_shown = 0
@@ -162,6 +185,7 @@ class WindowScreen(Screen):
         self.fullscreen, self.monitor_x, self.monitor_y = fullscreen, monitor_x, monitor_y
         self._opened = False
         self._rect: tuple[int, int] | None = None  # image area, re-read now and then
+        self._letterbox = Letterbox()
         self.gui_thread = ""  # name of the thread that opened the window (and must drive it)
         self._gui_ident: int | None = None
 
@@ -223,7 +247,7 @@ class WindowScreen(Screen):
                 _, _, w, h = self.image_rect()
                 self._rect = (w, h) if w > 0 and h > 0 else None
             if self._rect is not None:
-                frame = letterbox(frame, *self._rect)
+                frame = self._letterbox(frame, *self._rect)
         try:
             cv2.imshow(self.title, frame)
             cv2.waitKey(1)
@@ -252,15 +276,23 @@ class WindowScreen(Screen):
 
 class FileScreen(Screen):
     """An MP4 file: H.264 yuv420p video whose timestamps follow ``at_s`` (so the file plays
-    at real speed, gaps included), and optionally the voice as AAC on the same clock."""
+    at real speed, gaps included), and optionally the voice as AAC on the same clock.
+
+    Encoding and muxing run on a thread of their own ("mp4-encoder"), off the caller's render
+    path: :meth:`show` only copies the frame into an ``av.VideoFrame`` and queues it (so the
+    caller may reuse its buffer at once), :meth:`write_audio` queues the PCM. The queue is
+    bounded (``QUEUE_ITEMS``): a caller faster than the encoder waits, nothing is dropped.
+    :meth:`close` drains the queue, flushes both encoders and writes the index."""
 
     AUDIO_RATE_HZ = 48_000
+    QUEUE_ITEMS = 120  # about 1.5 s of 30 fps video and 20 ms voice frames
 
     def __init__(self, path: str | os.PathLike[str], fps: int = 30, *, audio: bool = True) -> None:
         super().__init__()
         self.path = Path(path)
         self.fps = fps
         self.audio = audio
+        self.takes_audio = audio
         self._container: av.container.OutputContainer | None = None
         self._video: av.VideoStream | None = None
         self._astream: av.AudioStream | None = None
@@ -272,6 +304,10 @@ class FileScreen(Screen):
         self._audio_written = 0
         self._size: tuple[int, int] | None = None
         self.audio_frames_written = 0
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue(self.QUEUE_ITEMS)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None  # the encoder thread's, raised by show()
+        self._letterbox = Letterbox()
 
     def open(self) -> None:
         try:
@@ -279,12 +315,53 @@ class FileScreen(Screen):
             self._container = av.open(str(self.path), mode="w", format="mp4")
         except (OSError, av.FFmpegError) as exc:
             raise DeviceError(f"cannot write {self.path}: {exc}") from exc
+        self._thread = threading.Thread(target=self._encode_loop, name="mp4-encoder", daemon=True)
+        self._thread.start()
         log.info("= recording to %s", self.path)
 
-    def _start(self, frame: Image, at_s: float) -> None:
-        assert self._container is not None
-        h, w = frame.shape[:2]
-        self._size = (w - w % 2, h - h % 2)  # yuv420p needs even sizes
+    # -- the caller's thread: copy, stamp, queue ------------------------------------------------
+
+    def show(self, frame: Image, at_s: float) -> None:
+        if self._container is None:
+            raise DeviceError("file screen is not open")
+        if self._error is not None:
+            raise DeviceError(f"cannot encode a frame: {self._error}") from self._error
+        if self._t0 is None:
+            h, w = frame.shape[:2]
+            self._size = (w - w % 2, h - h % 2)  # yuv420p needs even sizes
+            self._t0 = at_s
+        assert self._size is not None
+        frame = self._letterbox(frame, *self._size)  # (odd sizes: yuv420p needs even ones)
+        pts = max(round((at_s - self._t0) * 1000), self._last_pts + 1)
+        self._last_pts = pts
+        # a copy (the caller reuses its buffer); converted to YUV on the encoder thread
+        self._queue.put(("video", (np.array(frame, dtype=np.uint8, order="C"), pts)))
+        self.frames_shown += 1
+
+    def write_audio(self, pcm: bytes, rate_hz: int, channels: int, at_s: float) -> None:
+        # Audio starts with the first video frame (streams are fixed before muxing starts).
+        if not self.audio or self._container is None or self._t0 is None or at_s < self._t0:
+            return
+        self._queue.put(("audio", (pcm, rate_hz, channels, at_s)))
+
+    # -- the encoder thread ----------------------------------------------------------------------
+
+    def _encode_loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # failed: keep draining so that the callers never block
+            kind, data = item
+            try:
+                if kind == "video":
+                    self._encode_video(*data)
+                else:
+                    self._encode_audio(*data)
+            except Exception as exc:  # any: the thread must keep draining, or show() blocks
+                log.exception("= %s: encoding failed", self.path)
+                self._error = exc
+
+    def _start(self) -> None:
+        assert self._container is not None and self._size is not None
         stream = self._container.add_stream("libx264", rate=self.fps)
         stream.width, stream.height = self._size
         stream.pix_fmt = "yuv420p"
@@ -299,31 +376,21 @@ class FileScreen(Screen):
             self._resampler = av.AudioResampler(
                 format="fltp", layout="stereo", rate=self.AUDIO_RATE_HZ
             )
-        self._t0 = at_s
 
-    def show(self, frame: Image, at_s: float) -> None:
-        if self._container is None:
-            raise DeviceError("file screen is not open")
+    def _encode_video(self, frame: Image, pts: int) -> None:
         if self._video is None:
-            self._start(frame, at_s)
-        assert self._video is not None and self._size is not None and self._t0 is not None
-        if (frame.shape[1], frame.shape[0]) != self._size:
-            frame = letterbox(frame, *self._size)
-        pts = max(round((at_s - self._t0) * 1000), self._last_pts + 1)
-        self._last_pts = pts
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="bgr24")
+            self._start()
+        assert self._video is not None and self._container is not None
+        # OpenCV's BGR -> I420 (BT.601, as swscale's default) takes a quarter of swscale's time
+        yuv = np.asarray(cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420), dtype=np.uint8)
+        vf = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
         vf.pts = pts
         vf.time_base = fractions.Fraction(1, 1000)
-        try:
-            for packet in self._video.encode(vf):
-                self._container.mux(packet)
-        except av.FFmpegError as exc:
-            raise DeviceError(f"cannot encode a frame: {exc}") from exc
-        self.frames_shown += 1
+        for packet in self._video.encode(vf):
+            self._container.mux(packet)
 
-    def write_audio(self, pcm: bytes, rate_hz: int, channels: int, at_s: float) -> None:
-        # Audio starts with the first video frame (streams are fixed before muxing starts).
-        if self._astream is None or self._t0 is None or at_s < self._t0:
+    def _encode_audio(self, pcm: bytes, rate_hz: int, channels: int, at_s: float) -> None:
+        if self._astream is None or self._t0 is None:
             return
         assert self._fifo is not None and self._resampler is not None
         samples = np.frombuffer(pcm, "<i2")
@@ -364,14 +431,19 @@ class FileScreen(Screen):
         container = self._container
         if container is None:
             return
+        if self._thread is not None:
+            self._queue.put(None)  # after everything queued: the encoder drains it first
+            self._thread.join()
+            self._thread = None
         try:
-            if self._astream is not None:
-                self._flush_fifo()
-                for packet in self._astream.encode(None):
-                    container.mux(packet)
-            if self._video is not None:
-                for packet in self._video.encode(None):
-                    container.mux(packet)
+            if self._error is None:
+                if self._astream is not None:
+                    self._flush_fifo()
+                    for packet in self._astream.encode(None):
+                        container.mux(packet)
+                if self._video is not None:
+                    for packet in self._video.encode(None):
+                        container.mux(packet)
         except av.FFmpegError as exc:
             log.warning("= flushing %s failed: %s", self.path, exc)
         finally:

@@ -142,8 +142,9 @@ class _Display:
             if len(self._slot) >= self._slot_limit:
                 self._slot.popleft()
                 self.dropped += 1
+            if not self._slot:  # else the render loop already waits for an earlier one
+                self._frame_ready.set()
             self._slot.append(_Pending(frame, generation, now))
-            self._frame_ready.set()
             if self._video_generation != generation:
                 self._video_generation = generation
                 self.model.on_video(True, now)
@@ -184,6 +185,8 @@ class _Display:
                     ),
                     data,
                 )
+            if not self.screen.takes_audio:
+                continue
             if self.screen.main_thread_only:
                 self._write_audio(data, int(f.sample_rate), channels, now)
             else:
@@ -250,10 +253,15 @@ class _Display:
             self._last_render = now
             overlay = self.model.overlay(now)
             try:
-                canvas, due = await loop.run_in_executor(
-                    self.executor, self._prepare, item, overlay
-                )
-                await self.screen_call(self.screen.show, canvas, due)
+                if self.screen.main_thread_only:
+                    canvas, due = await loop.run_in_executor(
+                        self.executor, self._prepare, item, overlay
+                    )
+                    self.screen.show(canvas, due)
+                else:  # one job, one wake-up: decode, compose and show on the worker
+                    due = await loop.run_in_executor(
+                        self.executor, self._prepare_and_show, item, overlay
+                    )
                 if item is not None:
                     self.rendered += 1
                     self._lags.append(time.monotonic() - due)  # lag beyond the intended delay
@@ -269,6 +277,12 @@ class _Display:
         canvas = self.composer.compose(avatar, overlay)
         due = item.received + self._delay_s if item is not None else time.monotonic()
         return canvas, due
+
+    def _prepare_and_show(self, item: _Pending | None, overlay: Overlay) -> float:
+        """Worker thread: the composer's buffer is shown before the next frame reuses it."""
+        canvas, due = self._prepare(item, overlay)
+        self.screen.show(canvas, due)
+        return due
 
     async def screen_call(self, fn: Any, *args: Any) -> Any:
         """Run a screen method on the thread the screen needs (main or the screen worker)."""

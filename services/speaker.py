@@ -10,10 +10,13 @@
     control.volume   ─▶ gain
     ─▶ speaker.state (playing / idle, on change and every state_interval_ms)
     ─▶ audio.played  (what was written, 24 kHz mono, stamped with its estimated play time:
-                      the echo reference for the mic)
+                      the echo reference for the mic's software canceller; published only
+                      when mic.echo_mode = "software_aec" and speaker.publish_played)
 
 The device pulls on its own thread (see :mod:`agent.audio.playout`); the played blocks come
-back to the event loop through a bounded deque plus one pending wake-up.
+back to the event loop through a bounded deque plus one pending wake-up, batched: the loop is
+woken every WAKE_BATCH_MS of pulls (not every 5 ms period), and at once when the speaker
+starts or stops playing. Barge-in does not wait for it (the bus loop flushes directly).
 """
 
 from __future__ import annotations
@@ -42,6 +45,30 @@ __all__ = ["run"]
 log = logging.getLogger(__name__)
 
 METRICS_INTERVAL_S = 5.0
+WAKE_BATCH_MS = 20  # the device thread wakes the loop after this much was pulled
+
+
+class _PullWaker:
+    """Device thread: wakes the loop once per ``batch_ms`` of pulls, or when the playing
+    state flipped (speaker.state must go out at once)."""
+
+    def __init__(self, wakeup: ThreadWakeup, playout: Playout, period_ms: int) -> None:
+        self._wakeup = wakeup
+        self._playout = playout
+        self._every = max(1, WAKE_BATCH_MS // max(1, period_ms))
+        self._count = 0
+        self._playing = False
+        self.wakes = 0
+
+    def pulled(self) -> None:
+        self._count += 1
+        playing = self._playout.playing
+        if self._count >= self._every or playing != self._playing:
+            self._count = 0
+            self._playing = playing
+            self.wakes += 1
+            self._wakeup.wake()
+
 
 TOPICS = topics.ServiceTopics(
     reads=(
@@ -63,18 +90,21 @@ async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None
     sources = (topics.NAVTALK_AUDIO_DELTA,) if cfg.audio_only else (
         topics.NAVTALK_AUDIO_DELTA, topics.AUDIO_OUT
     )  # fmt: skip
+    # audio.played is the software canceller's reference: nobody else reads it
+    publish_played = cfg.publish_played and settings.mic.echo_mode == "software_aec"
     bus.declare(TOPICS, without=(topics.AUDIO_OUT,) if cfg.audio_only else ())
     await bus.start()
     playout = Playout(cfg, keep_idle=bool(cfg.record_path))
     voice = VoiceSource(stall_ms=cfg.voice_stall_ms)
     wakeup = ThreadWakeup(asyncio.get_running_loop())
+    output = device if device is not None else open_output(cfg)
+    waker = _PullWaker(wakeup, playout, output.period_ms)
 
     def pull(n: int, play_ns: int) -> bytes:  # the device's thread
         pcm = playout.pull(n, time.monotonic_ns(), play_ns)
-        wakeup.wake()
+        waker.pulled()
         return pcm
 
-    output = device if device is not None else open_output(cfg)
     await output.start(pull)  # a device that cannot open at start ends the service
 
     def revive() -> Awaitable[int]:  # one that fails later is opened again until it is back
@@ -83,19 +113,20 @@ async def run(settings: Settings, bus: Bus, *, device: AudioOutput | None = None
 
     recorder = _Recorder(Path(cfg.record_path)) if cfg.record_path else None
     log.info(
-        "= speaker up: %s, sources %s, period %d ms, jitter %d/%d ms",
+        "= speaker up: %s, sources %s, period %d ms, jitter %d/%d ms, audio.played %s",
         type(output).__name__,
         " + ".join(sources),
         output.period_ms,
         cfg.jitter_target_ms,
         cfg.jitter_max_ms,
+        "on" if publish_played else "off (no software canceller)",
     )
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(_bus_loop(bus, playout, output, voice), name="speaker-bus")
             tasks.create_task(
                 _played_loop(bus, playout, output, revive, voice, wakeup, recorder,
-                             cfg.publish_played,
+                             publish_played,
                              cfg.state_interval_ms / 1000),
                 name="speaker-played",
             )  # fmt: skip

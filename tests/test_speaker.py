@@ -15,7 +15,7 @@ import pytest
 import soxr
 
 from agent import topics
-from agent.audio.settings import SpeakerSettings
+from agent.audio.settings import MicSettings, SpeakerSettings
 from agent.bus import Bus, Delivery
 from agent.config import BusSettings, Settings, default_settings
 from agent.messages import AudioFrame, BargeIn, SetVolume, SpeakerState
@@ -32,9 +32,16 @@ RATE = 24_000
 PULSE = "pulse"  # the PortAudio device of the PulseAudio null sink (fixture pulse_audio)
 
 
-def _settings(bus_settings: BusSettings, **speaker_fields: object) -> Settings:
+def _settings(
+    bus_settings: BusSettings, *, echo_mode: str = "software_aec", **speaker_fields: object
+) -> Settings:
+    """audio.played is published only for the mic's software canceller: on by default here
+    (most tests follow what was played through it)."""
     return msgspec.structs.replace(
-        default_settings(), bus=bus_settings, speaker=SpeakerSettings(**speaker_fields)
+        default_settings(),
+        bus=bus_settings,
+        speaker=SpeakerSettings(**speaker_fields),
+        mic=MicSettings(echo_mode=echo_mode),  # type: ignore[arg-type]
     )
 
 
@@ -308,6 +315,35 @@ async def test_audio_only_mode_plays_navtalk_audio_delta(
     loud = np.flatnonzero(np.abs(pcm) > 1000)
     assert abs((loud[-1] - loud[0]) / RATE - 0.4) < 0.02
     assert abs(_dominant_hz(pcm[loud[0] : loud[-1]], RATE) - 300.0) < 5
+
+
+@pytest.mark.parametrize("echo_mode", ["none", "half_duplex", "software_aec"])
+async def test_audio_played_only_for_a_software_canceller(
+    echo_mode: str, bus_settings: BusSettings, make_bus: MakeBus, tmp_path: Path
+) -> None:
+    """audio.played (the echo reference, one block per device period) is published only when
+    the mic runs a software canceller: nobody else reads it. The speaker plays either way."""
+    wav = tmp_path / "speaker.wav"
+    settings = _settings(bus_settings, echo_mode=echo_mode, backend="file", wav_path=str(wav))
+    test = await make_bus("session", topics.SPEAKER_STATE, topics.AUDIO_PLAYED, media_queue=10_000)
+    played = 0
+
+    def idle_after_playing(d: Delivery) -> bool:
+        nonlocal played
+        played += d.topic == topics.AUDIO_PLAYED
+        return isinstance(d.msg, SpeakerState) and not d.msg.playing
+
+    async with running_service("speaker", speaker.run, settings, device=WavFileOutput(wav)):
+        await _wait_speaker_up(test)
+        await _publish_paced(test, topics.AUDIO_OUT, _tone(440, 0.3, 48_000, 2), 48_000, 2)
+        await _wait_for(test, lambda d: isinstance(d.msg, SpeakerState) and d.msg.playing)
+        await _wait_for(test, idle_after_playing)  # 300 ms played, then 100 ms to idle
+        if echo_mode == "software_aec" and played < 15:  # the blocks may trail the state
+            await _wait_for(test, lambda d: idle_after_playing(d) or played >= 15)
+    if echo_mode == "software_aec":
+        assert played >= 15, played  # 20 ms periods: the whole tone at least
+    else:
+        assert played == 0, played
 
 
 async def test_bad_frames_do_not_kill_the_speaker(

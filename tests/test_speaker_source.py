@@ -18,7 +18,7 @@ import msgspec
 import numpy as np
 
 from agent import topics
-from agent.audio.settings import SpeakerSettings
+from agent.audio.settings import MicSettings, SpeakerSettings
 from agent.bus import Bus, Delivery
 from agent.config import BusSettings, Settings, default_settings
 from agent.messages import AudioFrame, ResponseDone, SpeakerState
@@ -41,6 +41,7 @@ def _settings(bus_settings: BusSettings, wav: Path) -> Settings:
         speaker=SpeakerSettings(
             backend="file", wav_path=str(wav), voice_stall_ms=500, jitter_target_ms=200
         ),
+        mic=MicSettings(echo_mode="software_aec"),  # audio.played: the tests follow it
     )
 
 

@@ -68,7 +68,8 @@ def test_fit_aspect_letterboxes() -> None:
 def test_composer_scales_avatar_with_aspect_and_draws_overlay() -> None:
     c = Composer(1280, 720, captions=True, badge=True)
     avatar = AvatarPainter(512, 512).paint(1.0)
-    plain = c.compose(avatar, Overlay(Scene.LIVE, Badge.LISTENING))
+    # .copy(): the composer draws every frame into the same reused buffer
+    plain = c.compose(avatar, Overlay(Scene.LIVE, Badge.LISTENING)).copy()
     assert plain.shape == (720, 1280, 3)
     # Bars left and right are the plain background; the avatar fills the middle square.
     assert (plain[100:, 200:270] == plain[100, 200]).all()
@@ -82,7 +83,7 @@ def test_composer_scales_avatar_with_aspect_and_draws_overlay() -> None:
     badge = np.abs(captioned[:60, :250].astype(int) - plain[:60, :250].astype(int)).sum()
     assert badge > 0  # a different badge state looks different
     off = Composer(1280, 720, captions=False, badge=False)
-    bare = off.compose(avatar, Overlay(Scene.LIVE, Badge.SPEAKING, "hello", "hi"))
+    bare = off.compose(avatar, Overlay(Scene.LIVE, Badge.SPEAKING, "hello", "hi")).copy()
     assert np.array_equal(
         bare[620:, 300:900],
         off.compose(avatar, Overlay(Scene.LIVE, Badge.LISTENING))[620:, 300:900],
@@ -101,3 +102,28 @@ def test_idle_screen_uses_the_image_or_a_placeholder() -> None:
     assert placeholder.std() > 5  # something is drawn
     waiting = Composer(400, 400).compose(None, Overlay(Scene.LIVE, Badge.CONNECTING))
     assert not np.array_equal(waiting, placeholder)
+
+
+def test_reused_buffers_compose_the_same_pixels_as_a_fresh_composer() -> None:
+    """The composer reuses its canvas, the background and the caption layout between frames;
+    every frame must still be exactly what a fresh composer draws for the same input."""
+    square = AvatarPainter(512, 512).paint(1.0)
+    wide = AvatarPainter(640, 360).paint(0.5)
+    steps: list[tuple[np.ndarray | None, Overlay]] = [
+        (None, Overlay(Scene.LIVE, Badge.CONNECTING)),  # the placeholder
+        (square, Overlay(Scene.LIVE, Badge.LISTENING, "hello there", "")),
+        (square, Overlay(Scene.LIVE, Badge.THINKING, "hello there", "")),  # same captions
+        (square, Overlay(Scene.LIVE, Badge.SPEAKING, "hello there", "Welcome to " * 12)),
+        (square, Overlay(Scene.LIVE, Badge.SPEAKING)),  # captions gone: the bars come back
+        (wide, Overlay(Scene.LIVE, Badge.SPEAKING, "", "a new geometry")),
+        (wide, Overlay(Scene.LIVE, Badge.LISTENING)),
+        (None, Overlay(Scene.IDLE, Badge.CONNECTING)),
+        (square, Overlay(Scene.LIVE, Badge.LISTENING, "back", "")),
+    ]
+    for width, height in ((1280, 720), (512, 512), (480, 800)):
+        reused = Composer(width, height)
+        for i, (avatar, overlay) in enumerate(steps):
+            got = reused.compose(avatar, overlay).copy()
+            want = Composer(width, height).compose(avatar, overlay)
+            diff = np.argwhere(got != want)
+            assert not len(diff), f"{width}x{height} step {i}: {len(diff)} pixels differ"

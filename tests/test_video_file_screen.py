@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from agent.errors import DeviceError
-from hardware.screen import FileScreen, NullScreen, letterbox
+from hardware.screen import FileScreen, Letterbox, NullScreen, letterbox
 
 
 def ffprobe(path: Path) -> list[dict[str, Any]]:
@@ -79,3 +79,62 @@ def test_null_screen_counts_and_letterbox_keeps_aspect() -> None:
     boxed = letterbox(red, 400, 400)
     assert boxed.shape == (400, 400, 3)
     assert (boxed[200, 200] == (0, 0, 255)).all() and (boxed[20, 200] == 0).all()
+
+
+def test_mp4_video_and_voice_stay_in_sync(tmp_path: Path) -> None:
+    """Markers: a white frame and a click at the same ``at_s``, fed as the display does
+    (one reused frame buffer, 20 ms voice frames between the frames). In the file, encoded
+    on the screen's own thread, each flash and its click are less than a frame apart."""
+    import av
+
+    path = tmp_path / "sync.mp4"
+    screen = FileScreen(path, fps=25, audio=True)
+    screen.open()
+    t0, markers = 500.0, (1.0, 2.0, 3.0)
+    frame = np.zeros((240, 320, 3), np.uint8)  # reused for every frame, as the composer does
+    for i in range(100):  # 4 s at 25 fps
+        at = t0 + i * 0.04
+        frame[:] = 255 if any(abs(at - t0 - m) < 1e-6 for m in markers) else 40
+        screen.show(frame, at)
+        for k in range(2):  # the voice: 20 ms frames at 48 kHz stereo, a click at each marker
+            start = at + k * 0.02
+            pcm = np.zeros(960, "<i2")
+            if any(abs(start - t0 - m) < 1e-6 for m in markers):
+                pcm[:48] = 20_000
+            screen.write_audio(np.repeat(pcm, 2).tobytes(), 48000, 2, start)
+    screen.close()
+    assert sorted(s["codec_type"] for s in ffprobe(path)) == ["audio", "video"]
+    flashes: list[float] = []
+    clicks: list[float] = []
+    with av.open(str(path)) as container:
+        for f in container.decode(video=0):
+            if f.to_ndarray(format="gray").mean() > 200:
+                flashes.append(float(f.time))
+    with av.open(str(path)) as container:
+        for af in container.decode(audio=0):
+            x = np.abs(af.to_ndarray()[0])
+            loud = np.flatnonzero(x > 0.3)
+            if len(loud) and (not clicks or af.time + loud[0] / af.sample_rate - clicks[-1] > 0.5):
+                clicks.append(float(af.time) + loud[0] / af.sample_rate)
+    assert len(flashes) == len(markers) and len(clicks) == len(markers), (flashes, clicks)
+    offsets_ms = [(f - c) * 1000 for f, c in zip(flashes, clicks, strict=True)]
+    assert all(abs(o) < 40 for o in offsets_ms), offsets_ms  # within one 25 fps frame
+    assert abs(flashes[1] - flashes[0] - 1.0) < 0.005  # and at the times they were given
+
+
+def test_reused_letterbox_is_a_fresh_letterbox() -> None:
+    """The window and the MP4 letterbox into a reused buffer (bars filled once per size):
+    every frame equals a fresh letterbox, also after the sizes change."""
+    rng = np.random.default_rng(7)
+    box = Letterbox()
+    for src, dst in (
+        [((90, 160), (200, 200))] * 3
+        + [((100, 100), (300, 120))] * 2
+        + [
+            ((90, 160), (200, 200)),
+            ((64, 64), (64, 64)),
+        ]
+    ):
+        frame = rng.integers(0, 256, (*src, 3), dtype=np.uint8)
+        got = box(frame, dst[1], dst[0])
+        assert np.array_equal(got, letterbox(frame, dst[1], dst[0])), (src, dst)

@@ -103,4 +103,4 @@ class SpeakerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     barge_in_hold_ms: NonNegInt = 250  # after a barge-in, audio arriving this long is dropped
     idle_after_ms: NonNegInt = 100  # speaker.state: idle this long after the last audible sample
     state_interval_ms: PosInt = 1000  # speaker.state is also re-published this often
-    publish_played: bool = True  # publish audio.played (the echo reference for the mic)
+    publish_played: bool = True  # audio.played (echo reference), if mic.echo_mode = software_aec

@@ -171,8 +171,28 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _BACKGROUND = (20, 14, 10)
 
 
+_DARKEN = (np.arange(256, dtype=np.uint16) * 2 // 5).astype(np.uint8)  # behind captions
+
+
+@dataclass(frozen=True, slots=True)
+class _CaptionLayout:
+    """Captions measured and wrapped once per change of their text."""
+
+    top: int  # first row of the darkened band
+    rows: tuple[tuple[str, tuple[int, int], tuple[int, int, int]], ...]  # text, origin, BGR
+    scale: float
+    thickness: int
+
+
 class Composer:
-    """Draws frames of a fixed canvas size: avatar or idle screen, badge, captions."""
+    """Draws frames of a fixed canvas size: avatar or idle screen, badge, captions.
+
+    The returned frame is a buffer the composer reuses: it is valid until the next
+    :meth:`compose` (the display shows it before composing the next one); copy it to keep
+    it. Per frame, only what changes is drawn: the avatar into its rectangle, the
+    background restored only where the overlay drew over the letterbox bars last time,
+    and captions laid out once per change of their text.
+    """
 
     def __init__(
         self,
@@ -186,8 +206,18 @@ class Composer:
     ) -> None:
         self.width, self.height = width, height
         self.captions, self.font_scale, self.badge = captions, font_scale, badge
+        self._background = self._blank()
+        self._background.flags.writeable = False
         self._idle = self._make_idle(idle_image)
+        self._idle.flags.writeable = False
         self._waiting = self._make_placeholder("Connecting...")
+        self._canvas = self._blank()  # the reused output buffer
+        # What the canvas holds outside the avatar's rectangle: "bg" (plain background, as
+        # the bars need it), or dirty (the placeholder, or overlay rows drawn last frame).
+        self._rect: tuple[int, int, int, int] | None = None  # avatar rect drawn last frame
+        self._dirty_rows: list[tuple[int, int]] = []  # row ranges the overlay drew over
+        self._captions_key: tuple[str, str] | None = None
+        self._captions_layout: _CaptionLayout | None = None
 
     def _blank(self) -> Image:
         return np.full((self.height, self.width, 3), _BACKGROUND, np.uint8)
@@ -212,19 +242,40 @@ class Composer:
         return canvas
 
     def compose(self, avatar: Image | None, overlay: Overlay) -> Image:
-        """One frame for the screen: ``avatar`` is the latest decoded BGR frame, if any."""
+        """One frame for the screen: ``avatar`` is the latest decoded BGR frame, if any.
+
+        The result is read-only for the idle scene and the reused buffer otherwise: valid
+        until the next call."""
         if overlay.scene is Scene.IDLE:
-            return self._idle.copy()
+            return self._idle
+        canvas = self._canvas
         if avatar is None:
-            canvas = self._waiting.copy()
+            canvas[:] = self._waiting
+            self._rect = None
+            self._dirty_rows = []
         else:
-            canvas = self._blank()
-            draw_fitted(avatar, canvas)
+            self._draw_avatar(avatar, canvas)
         if self.badge:
             self._draw_badge(canvas, overlay.badge)
         if self.captions:
             self._draw_captions(canvas, overlay)
         return canvas
+
+    def _draw_avatar(self, avatar: Image, canvas: Image) -> None:
+        rect = fit_aspect(avatar.shape[1], avatar.shape[0], self.width, self.height)
+        x, y, w, h = rect
+        if rect != self._rect:  # first avatar frame, or a new geometry: the whole background
+            canvas[:] = self._background
+        else:  # the bars are background already, except where the overlay drew last time
+            for r0, r1 in self._dirty_rows:
+                canvas[r0:r1, :x] = self._background[r0:r1, :x]
+                canvas[r0:r1, x + w :] = self._background[r0:r1, x + w :]
+                if y > 0 or y + h < self.height:  # bars above / below the avatar
+                    canvas[r0 : min(r1, y)] = self._background[r0 : min(r1, y)]
+                    canvas[max(r0, y + h) : r1] = self._background[max(r0, y + h) : r1]
+        self._rect = rect
+        self._dirty_rows = []
+        draw_fitted(avatar, canvas)
 
     def _draw_badge(self, canvas: Image, badge: Badge) -> None:
         scale = 0.6 * max(0.5, min(self.width, self.height) / 720)
@@ -233,6 +284,7 @@ class Composer:
         pad = max(4, th // 2)
         x0, y0 = pad, pad
         x1, y1 = x0 + th + 3 * pad + tw, y0 + th + 2 * pad
+        self._dirty_rows.append((0, y1 + base + 2))
         cv2.rectangle(canvas, (x0, y0), (x1, y1), (30, 30, 30), -1)
         dot = (x0 + pad + th // 2, (y0 + y1) // 2)
         cv2.circle(canvas, dot, max(2, th // 2), _BADGE_COLOURS[badge], -1, cv2.LINE_AA)
@@ -253,25 +305,39 @@ class Composer:
             lines.append(current)
         return lines[-max_lines:]  # live captions: keep the newest words
 
-    def _draw_captions(self, canvas: Image, overlay: Overlay) -> None:
+    def _layout_captions(self, guest: str, avatar: str) -> _CaptionLayout | None:
         scale = self.font_scale * max(0.4, min(self.width, self.height) / 720)
         th = cv2.getTextSize("Ag", _FONT, scale, 1)[0][1]
         line_h = int(th * 1.8)
         margin = max(6, th)
-        rows: list[tuple[str, tuple[int, int, int]]] = []
-        if overlay.guest_caption:
-            for line in self._wrap(overlay.guest_caption, self.width - 2 * margin, scale, 2):
-                rows.append((line, (255, 220, 150)))  # light blue: the guest
-        if overlay.avatar_caption:
-            for line in self._wrap(overlay.avatar_caption, self.width - 2 * margin, scale, 3):
-                rows.append((line, (255, 255, 255)))  # white: the avatar
-        if not rows:
+        lines: list[tuple[str, tuple[int, int, int]]] = []
+        if guest:
+            for line in self._wrap(guest, self.width - 2 * margin, scale, 2):
+                lines.append((line, (255, 220, 150)))  # light blue: the guest
+        if avatar:
+            for line in self._wrap(avatar, self.width - 2 * margin, scale, 3):
+                lines.append((line, (255, 255, 255)))  # white: the avatar
+        if not lines:
+            return None
+        top = self.height - margin - line_h * len(lines)
+        rows = tuple(
+            (line, (margin, top + line_h * i + th + (line_h - th) // 2), colour)
+            for i, (line, colour) in enumerate(lines)
+        )
+        return _CaptionLayout(max(0, top - margin // 2), rows, scale, 2 if scale > 0.7 else 1)
+
+    def _draw_captions(self, canvas: Image, overlay: Overlay) -> None:
+        key = (overlay.guest_caption, overlay.avatar_caption)
+        if key != self._captions_key:  # measured and wrapped once per change
+            self._captions_key = key
+            self._captions_layout = self._layout_captions(*key)
+        layout = self._captions_layout
+        if layout is None:
             return
-        top = self.height - margin - line_h * len(rows)
-        band = canvas[max(0, top - margin // 2) :, :]
-        band[:] = (band.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken behind the text
-        for i, (line, colour) in enumerate(rows):
-            org = (margin, top + line_h * i + th + (line_h - th) // 2)
+        band = canvas[layout.top :]
+        cv2.LUT(band, _DARKEN, dst=band)  # darken behind the text (x * 2 // 5)
+        self._dirty_rows.append((layout.top, self.height))
+        for line, org, colour in layout.rows:
             cv2.putText(
-                canvas, line, org, _FONT, scale, colour, 2 if scale > 0.7 else 1, cv2.LINE_AA
+                canvas, line, org, _FONT, layout.scale, colour, layout.thickness, cv2.LINE_AA
             )
