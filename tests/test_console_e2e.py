@@ -41,7 +41,9 @@ LICENSE = "Lic-console-e2e-1234567"
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[Emulator]:
-    emu = Emulator(EmulatorSettings(port=0, pace=4.0), script=Script.load(SCRIPT))
+    # no display process here: no WebRTC offer that nobody could answer (offer_unanswered)
+    settings = EmulatorSettings(port=0, pace=4.0, webrtc=False)
+    emu = Emulator(settings, script=Script.load(SCRIPT))
     await emu.start()
     yield emu
     await emu.close()
