@@ -1,0 +1,136 @@
+"""The session's visit relay: a thin shell over :class:`agent.navtalk.policy.SessionPolicy`.
+
+It feeds the policy (bus messages, server events, the connection's ends, a clock tick
+every :data:`TICK_S`) and carries out its actions: a Connect sets the session's *wanted*
+flag (the connection loop opens the socket, the link retries), a Close ends the session
+on purpose, a SayWrapUp is a text turn asking the model for the wrap-up line.
+
+It also keeps the current visit's user turns, in memory only: they are what is replayed
+after a dropped connection, and a new visit starts with none (guest B never hears guest
+A's words; the SQLite history is a record, never replayed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from agent.errors import ProtocolError
+from agent.navtalk import events as ev
+from agent.navtalk import policy as pol
+from agent.navtalk.settings import SessionSettings
+from agent.navtalk.url import RedactFilter
+from services.session_parts.audio import MicRelay
+from services.session_parts.conn import Connection
+
+__all__ = ["TICK_S", "VisitRelay", "policy_config"]
+
+log = logging.getLogger("services.session")
+log.addFilter(RedactFilter())
+
+TICK_S = 0.1  # the policy's clock: timeouts are decided within this
+SPEECH_GRACE_S = 0.3  # audio still on its way to the speaker after audio.done
+_ACTIVITY = (
+    ev.SpeechStarted,
+    ev.SpeechStopped,
+    ev.InputTranscriptionCompleted,
+    ev.TranscriptDelta,
+    ev.TranscriptDone,
+    ev.AudioDelta,
+)
+
+
+def policy_config(c: SessionSettings) -> pol.PolicyConfig:
+    triggers = {pol.Trigger(t) for t in c.start_triggers}
+    if not c.autostart:
+        triggers.discard(pol.Trigger.ALWAYS)
+    return pol.PolicyConfig(
+        triggers=frozenset(triggers),
+        idle_timeout_s=c.idle_timeout_s,
+        max_session_s=c.max_session_s,
+        wrapup_text=c.wrapup_text,
+        wrapup_max_s=c.wrapup_max_s,
+        speech_grace_s=SPEECH_GRACE_S,
+        voice_cooldown_s=c.voice_cooldown_s,
+        preroll_ms=c.preroll_ms,
+    )
+
+
+class VisitRelay:
+    def __init__(
+        self,
+        cfg: SessionSettings,
+        *,
+        wanted: asyncio.Event,
+        mic: MicRelay,
+        current: Callable[[], Connection | None],
+        end: Callable[[str], Awaitable[None]],
+        publish: Callable[[], None],
+    ) -> None:
+        self.policy = pol.SessionPolicy(policy_config(cfg))
+        self.replay_count = cfg.history_replay_count
+        self.turns: collections.deque[str] = collections.deque(maxlen=max(1, self.replay_count))
+        self._wanted, self._mic, self._current = wanted, mic, current
+        self._end, self._publish = end, publish
+        self.wrapups = 0
+
+    @property
+    def phase(self) -> pol.VisitPhase:
+        return self.policy.phase
+
+    def replay(self) -> list[str]:
+        """This visit's last user turns, oldest first (resent after a dropped connection)."""
+        return list(self.turns) if self.replay_count > 0 else []
+
+    def remember(self, text: str) -> None:
+        if text.strip():
+            self.turns.append(text)
+
+    async def feed(self, event: pol.Event) -> None:
+        for action in self.policy.feed(event):
+            await self._do(action)
+
+    async def on_server_event(self, event: ev.Event) -> None:
+        now = time.monotonic()
+        if isinstance(event, ev.SessionUpdated):
+            await self.feed(pol.Server(pol.ServerKind.UPDATED, now))
+        elif isinstance(event, ev.AudioDone):
+            await self.feed(pol.Server(pol.ServerKind.AUDIO_DONE, now))
+        elif isinstance(event, _ACTIVITY):
+            await self.feed(pol.Server(pol.ServerKind.ACTIVITY, now))
+
+    async def tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            await self.feed(pol.Tick(time.monotonic()))
+
+    async def _do(self, action: pol.Action) -> None:
+        match action:
+            case pol.Connect(visit=visit, trigger=trigger):
+                log.info("= visit %d starts (%s)", visit, trigger.value)
+                self.turns.clear()  # a new guest: none of the last one's words
+                self._mic.backlog.clear()
+                self._wanted.set()
+            case pol.RequestPreroll(duration_ms=ms):
+                self._mic.request_preroll(ms)
+            case pol.SayWrapUp(text=text):
+                await self._say(text)
+            case pol.Close(reason=reason):
+                await self._end(reason)
+            case pol.PublishVisit():
+                self._publish()
+
+    async def _say(self, text: str) -> None:
+        conn = self._current()
+        try:
+            if conn is None:
+                raise ProtocolError("no NavTalk connection")
+            await conn.send(*conn.proto.text_turn(text))
+            self.wrapups += 1
+            log.info("> asked the model for the wrap-up line")
+        except Exception as exc:  # nobody to say it to: close now
+            log.info("= no wrap-up line (%s): closing", exc)
+            await self.feed(pol.Command("end", "wrap-up impossible", time.monotonic()))
