@@ -210,6 +210,18 @@ def test_idle_timeout_says_the_wrapup_then_closes() -> None:
     assert p.feed(Tick(12.5)) == [Close("the last words were said")]
 
 
+def test_a_wrapup_asked_during_a_response_waits_for_its_own_audio_done() -> None:
+    p = policy(Trigger.BUTTON, max_session_s=5.0, wrapup_text=WRAP)
+    engaged(p, now=0.0)
+    p.feed(Server(ServerKind.RESPONDING, 4.5))  # the avatar is answering at the limit
+    assert kinds(p.feed(Tick(5.0))) == [SayWrapUp]
+    p.feed(Server(ServerKind.AUDIO_DONE, 5.2))  # the answer's end, not the wrap-up's
+    assert p.feed(Tick(6.0)) == []
+    p.feed(Server(ServerKind.RESPONDING, 6.1))
+    p.feed(Server(ServerKind.AUDIO_DONE, 7.0))
+    assert kinds(p.feed(Tick(7.4))) == [Close]
+
+
 def test_speech_keeps_the_visit_alive() -> None:
     p = policy(Trigger.BUTTON, idle_timeout_s=10.0)
     engaged(p, now=1.0)

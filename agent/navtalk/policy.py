@@ -74,7 +74,8 @@ class ServerKind(enum.Enum):
     CONNECTED = "connected"  # conversation.connected.success
     CREATED = "created"  # realtime.session.created
     UPDATED = "updated"  # realtime.session.updated: audio flows
-    ACTIVITY = "activity"  # the guest or the avatar spoke (speech, transcript, audio)
+    ACTIVITY = "activity"  # the guest spoke (server VAD, transcript)
+    RESPONDING = "responding"  # a piece of the avatar's response (audio or transcript delta)
     AUDIO_DONE = "audio_done"  # the avatar's response audio is complete
 
 
@@ -206,6 +207,7 @@ class _Visit:
     closing_since: float = 0.0
     wait_speech: bool = False  # closing after the avatar's next words
     audio_done_at: float | None = None
+    skip_dones: int = 0  # audio.done of a response already running when the wrap-up was asked
     close_sent: bool = False
 
 
@@ -220,6 +222,7 @@ class SessionPolicy:
     _visit: _Visit | None = None
     _speaking: bool = False
     _playing: bool = False
+    _responding: bool = False  # a response's deltas came and its audio.done did not yet
     _face_lost_at: float | None = None
     _cooldown_until: float = 0.0
     _out: list[Action] = field(default_factory=list)
@@ -303,6 +306,7 @@ class SessionPolicy:
             self._close(reason, now)
             return
         v.closing_since, v.wait_speech, v.audio_done_at = now, True, None
+        v.skip_dones = 1 if self._responding else 0  # the wrap-up comes after that response
         self._set(VisitPhase.CLOSING, reason)
         self._out.append(SayWrapUp(self.cfg.wrapup_text))
 
@@ -328,6 +332,8 @@ class SessionPolicy:
 
     def _server(self, kind: ServerKind, now: float) -> None:
         v = self._visit
+        if kind is ServerKind.RESPONDING or kind is ServerKind.AUDIO_DONE:
+            self._responding = kind is ServerKind.RESPONDING
         if v is None or self.phase is VisitPhase.IDLE:
             self.ignored += 1  # a late event of a closed connection
             return
@@ -335,11 +341,13 @@ class SessionPolicy:
             v.last_activity = now
             if self.phase is VisitPhase.STARTING:
                 self._set(VisitPhase.ENGAGED, f"visit {v.number}")
-        elif kind is ServerKind.ACTIVITY:
+        elif kind is ServerKind.ACTIVITY or kind is ServerKind.RESPONDING:
             self._activity(now)
         elif kind is ServerKind.AUDIO_DONE:
             self._activity(now)
-            if self.phase is VisitPhase.CLOSING and v.wait_speech:
+            if self.phase is VisitPhase.CLOSING and v.wait_speech and v.skip_dones:
+                v.skip_dones -= 1
+            elif self.phase is VisitPhase.CLOSING and v.wait_speech:
                 v.audio_done_at = now
 
     def _ended(self, e: Ended) -> None:
@@ -350,7 +358,7 @@ class SessionPolicy:
             if self.phase is VisitPhase.CLOSING:  # dropped while ending: the end is done
                 self._close("ended while closing", e.now)
             return  # STARTING / ENGAGED: the link reconnects, the visit goes on
-        self._visit = None
+        self._visit, self._responding = None, False
         self._cooldown_until = e.now + self.cfg.voice_cooldown_s
         self._set(VisitPhase.IDLE, e.detail if e.kind is EndKind.FAILED else "ready")
 

@@ -33,14 +33,8 @@ log.addFilter(RedactFilter())
 
 TICK_S = 0.1  # the policy's clock: timeouts are decided within this
 SPEECH_GRACE_S = 0.3  # audio still on its way to the speaker after audio.done
-_ACTIVITY = (
-    ev.SpeechStarted,
-    ev.SpeechStopped,
-    ev.InputTranscriptionCompleted,
-    ev.TranscriptDelta,
-    ev.TranscriptDone,
-    ev.AudioDelta,
-)
+_ACTIVITY = (ev.SpeechStarted, ev.SpeechStopped, ev.InputTranscriptionCompleted)
+_RESPONDING = (ev.TranscriptDelta, ev.AudioDelta)
 
 
 def policy_config(c: SessionSettings) -> pol.PolicyConfig:
@@ -99,6 +93,8 @@ class VisitRelay:
             await self.feed(pol.Server(pol.ServerKind.UPDATED, now))
         elif isinstance(event, ev.AudioDone):
             await self.feed(pol.Server(pol.ServerKind.AUDIO_DONE, now))
+        elif isinstance(event, _RESPONDING):
+            await self.feed(pol.Server(pol.ServerKind.RESPONDING, now))
         elif isinstance(event, _ACTIVITY):
             await self.feed(pol.Server(pol.ServerKind.ACTIVITY, now))
 
