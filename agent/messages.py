@@ -290,6 +290,7 @@ class SessionState(Message, frozen=True, kw_only=True, tag=True):
     # The kiosk visit (agent.navtalk.policy.VisitPhase): idle (ready for a guest), starting,
     # engaged, closing; "" from a session that predates visits.
     visit: str = ""
+    visit_detail: str = ""  # e.g. "ready", "budget spent", "idle" (why it is closing)
 
 
 class BargeIn(Message, frozen=True, kw_only=True, tag=True):

@@ -197,6 +197,7 @@ class SessionService:
         log.info("= session service: NavTalk at %s", self._safe_url)
         self.bus.publish(topics.TOOL_DESCRIBE, ToolDescribe())
         self._publish_state(SessionPhase.IDLE, "starting")
+        await self.visit.open_budget()
         await self.visit.feed(pol.Start(time.monotonic()))
         try:
             async with asyncio.TaskGroup() as tg:
@@ -216,6 +217,7 @@ class SessionService:
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(2.0):
                         await conn.ws.close(1000, "agent stopping")
+            await self.visit.save_budget()
             if self.history is not None:
                 await self.history.close()
 
@@ -253,6 +255,7 @@ class SessionService:
                 ice_servers=ice_servers(proto.ice_servers) if proto else [],
                 retry_in_ms=self._retry_in_ms,
                 visit=self.visit.phase.value,
+                visit_detail=self.visit.detail,
             ),
         )
 

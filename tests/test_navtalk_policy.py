@@ -20,6 +20,7 @@ from agent.navtalk.policy import (
     ServerKind,
     SessionPolicy,
     Speaker,
+    Spent,
     Start,
     Tick,
     Trigger,
@@ -314,3 +315,33 @@ def test_late_events_of_a_closed_visit_do_not_revive_it() -> None:
     p.feed(Ended(EndKind.BY_US, "", 2.1))
     assert p.feed(Server(ServerKind.UPDATED, 2.2)) == []
     assert p.feed(Tick(50.0)) == [] and p.phase is VisitPhase.IDLE
+
+
+# --- budget -------------------------------------------------------------------------------------
+
+
+def test_a_spent_budget_refuses_every_trigger_until_a_new_day() -> None:
+    p = SessionPolicy(PolicyConfig(triggers=frozenset(Trigger)))
+    assert p.feed(Spent(True, 0.0)) == [PublishVisit(VisitPhase.IDLE, "budget spent")]
+    assert p.feed(Start(0.0)) == [PublishVisit(VisitPhase.IDLE, "budget spent")]
+    for event in (Vad(True, 1.0), Face(True, 1.0), Command("start", "", 1.0)):
+        assert kinds(p.feed(event)) == [] and p.phase is VisitPhase.IDLE
+    assert p.visits == 0
+    assert p.feed(Spent(False, 2.0)) == [PublishVisit(VisitPhase.IDLE, "ready")]
+    assert Connect in kinds(p.feed(Command("start", "", 2.1)))
+
+
+def test_budget_spent_mid_visit_wraps_up_then_stays_idle() -> None:
+    p = policy(Trigger.BUTTON, wrapup_text=WRAP)
+    engaged(p)
+    assert kinds(p.feed(Spent(True, 5.0))) == [SayWrapUp]
+    p.feed(Server(ServerKind.AUDIO_DONE, 6.0))
+    assert kinds(p.feed(Tick(6.5))) == [Close]
+    out = p.feed(Ended(EndKind.BY_US, "", 6.6))
+    assert out == [PublishVisit(VisitPhase.IDLE, "budget spent")]
+
+
+def test_budget_spent_while_starting_closes() -> None:
+    p = policy(Trigger.BUTTON)
+    p.feed(Command("start", "", 1.0))
+    assert kinds(p.feed(Spent(True, 1.1))) == [Close]

@@ -213,3 +213,43 @@ async def test_maximum_length_wraps_up_mid_conversation(
         # both responses were spoken to their end before the close
         assert s.sent.count("realtime.response.audio.done") == 2, (s.sent, s.stats.errors_sent)
         await rec.wait_for(visit_is("idle"), after=len(rec.seen) - 1)
+
+
+async def test_a_spent_budget_closes_and_refuses_after_a_restart(
+    emulator: Emulator, bus_settings: BusSettings, make_bus: Any, tmp_path: Path, rec: Recorder
+) -> None:
+    settings = make_settings(
+        bus_settings,
+        emulator,
+        tmp_path,
+        catalog_wait_ms=0,
+        declare_tools=False,
+        start_triggers=("button",),
+        budget_daily_minutes=0.02,  # 1.2 s
+        budget_path=str(tmp_path / "budget.json"),
+        wrapup_text=WRAPUP,
+    )
+    button = await make_bus("gpio")
+    async with running_service("session", session_service.run, settings, license=LICENSE):
+        await rec.wait_for(visit_is("idle"))
+        button.publish(topics.CONTROL_SESSION, SessionControl(action="start"))
+        s = await emulator.wait_sessions(1, TIMEOUT)
+        await asyncio.wait_for(s.closed.wait(), TIMEOUT)
+        assert s.stats.history == [WRAPUP] and s.stats.replies == [GOODBYE]
+        await rec.wait_for(lambda d: visit_is("idle")(d) and d.msg.visit_detail == "budget spent")
+    assert (tmp_path / "budget.json").exists()
+    async with running_service("session", session_service.run, settings, license=LICENSE):
+        mark = len(rec.seen)
+        await rec.wait_for(
+            lambda d: visit_is("idle")(d) and d.msg.visit_detail == "budget spent", after=mark
+        )
+        after = len(rec.seen)
+        button.publish(topics.CONTROL_SESSION, SessionControl(action="start"))
+        # a start would show as visit "starting" at once; watch three more session.state
+        # messages (one at the refusal, then every state_interval_s = 0.2 s)
+        for _ in range(3):
+            d = await rec.wait_for(lambda d: isinstance(d.msg, SessionState), after=after)
+            after = rec.seen.index(d) + 1
+            assert isinstance(d.msg, SessionState)
+            assert (d.msg.visit, d.msg.visit_detail) == ("idle", "budget spent")
+        assert len(emulator.sessions) == 1  # refused: no connection while spent

@@ -46,6 +46,7 @@ __all__ = [
     "ServerKind",
     "SessionPolicy",
     "Speaker",
+    "Spent",
     "Start",
     "Tick",
     "Trigger",
@@ -142,7 +143,15 @@ class Tick:
     now: float
 
 
-Event = Start | Vad | Face | Command | Server | Speaker | Ended | Tick
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """The day's budget of session time is used up (or, at a new day, no longer)."""
+
+    spent: bool
+    now: float
+
+
+Event = Start | Vad | Face | Command | Server | Speaker | Ended | Tick | Spent
 
 
 # --- actions ------------------------------------------------------------------------------------
@@ -223,6 +232,7 @@ class SessionPolicy:
     _speaking: bool = False
     _playing: bool = False
     _responding: bool = False  # a response's deltas came and its audio.done did not yet
+    _spent: bool = False  # the budget is used up: no new visit
     _face_lost_at: float | None = None
     _cooldown_until: float = 0.0
     _out: list[Action] = field(default_factory=list)
@@ -236,9 +246,9 @@ class SessionPolicy:
         self._out = []
         match event:
             case Start(now=now):
-                if Trigger.ALWAYS in self.cfg.triggers:
+                if self._can_start(Trigger.ALWAYS):
                     self._start(Trigger.ALWAYS, now)
-                else:
+                elif not self._spent:
                     self._set(VisitPhase.IDLE, "ready")
             case Vad(speaking=speaking, now=now):
                 self._speaking = speaking
@@ -263,6 +273,14 @@ class SessionPolicy:
                 self._ended(event)
             case Tick(now=now):
                 self._tick(now)
+            case Spent(spent=spent, now=now):
+                self._spent = spent
+                if spent and self.phase is VisitPhase.ENGAGED:
+                    self._wrap_up("the budget is spent", now)
+                elif spent and self.phase is VisitPhase.STARTING:
+                    self._close("the budget is spent", now)
+                elif self.phase is VisitPhase.IDLE:
+                    self._set(VisitPhase.IDLE, "budget spent" if spent else "ready")
         return self._out
 
     # --- transitions ----------------------------------------------------------------------
@@ -274,7 +292,12 @@ class SessionPolicy:
         self._out.append(PublishVisit(phase, detail))
 
     def _can_start(self, trigger: Trigger) -> bool:
-        return self.phase is VisitPhase.IDLE and trigger in self.cfg.triggers
+        if self.phase is not VisitPhase.IDLE or trigger not in self.cfg.triggers:
+            return False
+        if self._spent:
+            self.ignored += 1
+            self._set(VisitPhase.IDLE, "budget spent")
+        return not self._spent
 
     def _start(self, trigger: Trigger, now: float) -> None:
         self.visits += 1
@@ -360,7 +383,8 @@ class SessionPolicy:
             return  # STARTING / ENGAGED: the link reconnects, the visit goes on
         self._visit, self._responding = None, False
         self._cooldown_until = e.now + self.cfg.voice_cooldown_s
-        self._set(VisitPhase.IDLE, e.detail if e.kind is EndKind.FAILED else "ready")
+        ready = "budget spent" if self._spent else "ready"
+        self._set(VisitPhase.IDLE, e.detail if e.kind is EndKind.FAILED else ready)
 
     def _tick(self, now: float) -> None:
         v = self._visit

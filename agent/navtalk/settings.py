@@ -48,6 +48,9 @@ class SessionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     wrapup_text: str = "The visit is over: say a short, polite goodbye to the guest."
     wrapup_max_s: PosFloat = 15.0  # the wrap-up or last words may take this long, then close
     voice_cooldown_s: NonNegFloat = 0.5  # voice onsets ignored this long after a visit ended
+    budget_daily_minutes: NonNegFloat = 0.0  # minutes of session a day, then none (0 = no cap)
+    budget_warn_fraction: Fraction = 0.8  # log a warning once this much of the day is used
+    budget_path: str = "~/.local/share/navtalk-agent/budget.json"  # today's use, kept on restart
     # --- history -----------------------------------------------------------------------------
     history_enabled: bool = True  # store transcripts on disk (false = store nothing)
     history_replay_count: NonNegInt = 3  # this visit's last N user turns resent on a reconnect

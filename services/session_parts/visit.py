@@ -15,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from agent.errors import ProtocolError
 from agent.navtalk import events as ev
 from agent.navtalk import policy as pol
+from agent.navtalk.budget import MAX_FILE_BYTES, Budget, News
 from agent.navtalk.settings import SessionSettings
 from agent.navtalk.url import RedactFilter
 from services.session_parts.audio import MicRelay
@@ -33,6 +36,7 @@ log.addFilter(RedactFilter())
 
 TICK_S = 0.1  # the policy's clock: timeouts are decided within this
 SPEECH_GRACE_S = 0.3  # audio still on its way to the speaker after audio.done
+SAVE_EVERY_S = 10.0  # the budget file is written after this much session time (and at ends)
 _ACTIVITY = (ev.SpeechStarted, ev.SpeechStopped, ev.InputTranscriptionCompleted)
 _RESPONDING = (ev.TranscriptDelta, ev.AudioDelta)
 
@@ -70,6 +74,10 @@ class VisitRelay:
         self._wanted, self._mic, self._current = wanted, mic, current
         self._end, self._publish = end, publish
         self.wrapups = 0
+        self.detail = ""
+        self.budget = Budget(cfg.budget_daily_minutes * 60, cfg.budget_warn_fraction)
+        self._budget_path = Path(cfg.budget_path).expanduser()
+        self._unsaved_s = 0.0
 
     @property
     def phase(self) -> pol.VisitPhase:
@@ -99,9 +107,61 @@ class VisitRelay:
             await self.feed(pol.Server(pol.ServerKind.ACTIVITY, now))
 
     async def tick_loop(self) -> None:
+        last = time.monotonic()
         while True:
             await asyncio.sleep(TICK_S)
-            await self.feed(pol.Tick(time.monotonic()))
+            now = time.monotonic()
+            await self._count(now - last, now)
+            last = now
+            await self.feed(pol.Tick(now))
+
+    # --- the budget ---------------------------------------------------------------------------
+
+    async def open_budget(self) -> None:
+        """Read today's use back (a restart does not reset the day)."""
+        if self.budget.daily_s <= 0:
+            return
+        data = await asyncio.to_thread(_read_small, self._budget_path)
+        if data is None:
+            self.budget.roll(_today())
+        else:
+            self.budget.load(data, _today())
+        log.info("= budget: %.1f of %.1f min used today", self.budget.used_s / 60,
+                 self.budget.daily_s / 60)  # fmt: skip
+        if self.budget.spent:
+            log.warning("= today's session budget is spent: no session until tomorrow")
+            await self.feed(pol.Spent(True, time.monotonic()))
+
+    async def save_budget(self) -> None:
+        if self.budget.daily_s <= 0 or self._unsaved_s <= 0:
+            return
+        self._unsaved_s = 0.0
+        try:
+            await asyncio.to_thread(_write_atomic, self._budget_path, self.budget.dump())
+        except OSError as exc:
+            log.warning("= budget not saved: %s", exc)
+
+    async def _count(self, dt: float, now: float) -> None:
+        b = self.budget
+        if b.daily_s <= 0:
+            return
+        was_spent = b.spent
+        if b.roll(_today()) and was_spent:
+            log.info("= a new day: the session budget is available again")
+            await self.feed(pol.Spent(False, now))
+        if self._current() is None:  # no socket, no cost: save what the last one used
+            await self.save_budget()
+            return
+        news = b.add(dt, _today())
+        self._unsaved_s += dt
+        if news is News.WARNING:
+            log.warning("= %.0f %% of today's session budget is used", b.fraction * 100)
+        elif news is News.SPENT:
+            log.warning("= today's session budget (%.1f min) is spent", b.daily_s / 60)
+            await self.save_budget()
+            await self.feed(pol.Spent(True, now))
+        if self._unsaved_s >= SAVE_EVERY_S:
+            await self.save_budget()
 
     async def _do(self, action: pol.Action) -> None:
         match action:
@@ -116,7 +176,8 @@ class VisitRelay:
                 await self._say(text)
             case pol.Close(reason=reason):
                 await self._end(reason)
-            case pol.PublishVisit():
+            case pol.PublishVisit(detail=detail):
+                self.detail = detail
                 self._publish()
 
     async def _say(self, text: str) -> None:
@@ -130,3 +191,25 @@ class VisitRelay:
         except Exception as exc:  # nobody to say it to: close now
             log.info("= no wrap-up line (%s): closing", exc)
             await self.feed(pol.Command("end", "wrap-up impossible", time.monotonic()))
+
+
+def _today() -> str:
+    return time.strftime("%Y-%m-%d")  # the kiosk's local day
+
+
+def _read_small(path: Path) -> bytes | None:
+    try:
+        with path.open("rb") as f:
+            return f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("= budget file unreadable: %s", exc)
+        return None
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
