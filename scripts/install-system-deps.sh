@@ -4,6 +4,7 @@
 # Xvfb + openbox (virtual screen), OpenCV's system libraries, espeak-ng + sox (test speech),
 # systemd (systemd-analyze checks the units in tests/test_systemd_units.py).
 # prometheus (its promtool checks the supervisor's /metrics in tests/test_ops_metrics.py).
+# SpeexDSP (the speex echo canceller, mic.aec = "speex").
 set -euo pipefail
 PKGS=(
   libportaudio2 pulseaudio pulseaudio-utils libasound2-plugins alsa-utils
@@ -13,6 +14,7 @@ PKGS=(
   espeak-ng sox ffmpeg
   systemd
   prometheus
+  libspeexdsp1
 )
 missing=()
 for p in "${PKGS[@]}"; do

@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from agent.audio.aec import BUILTIN
 from agent.audio.echo import EchoCanceller, EchoControl, EchoMode, load_canceller
 from agent.audio.pcm import PCM_RATE_HZ
 from agent.audio.preroll import PreRollBuffer
 from agent.audio.settings import MicSettings
 from agent.audio.vad import VadEvent, VoiceActivityDetector
 
-__all__ = ["CaptureCore", "CaptureResult"]
+__all__ = ["CaptureCore", "CaptureResult", "build_canceller"]
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,19 @@ class CaptureResult:
     events: tuple[VadEvent, ...]  # VAD changes decided by this frame
 
 
+def build_canceller(settings: MicSettings) -> EchoCanceller:
+    """The software echo canceller: ``mic.aec_factory`` if set, else the built-in ``mic.aec``."""
+    frame_samples = PCM_RATE_HZ * settings.frame_ms // 1000
+    spec = settings.aec_factory or BUILTIN[settings.aec]
+    return load_canceller(spec, PCM_RATE_HZ, frame_samples)
+
+
 class CaptureCore:
     def __init__(self, settings: MicSettings, *, canceller: EchoCanceller | None = None):
         self.settings = settings
-        frame_samples = PCM_RATE_HZ * settings.frame_ms // 1000
         mode = EchoMode(settings.echo_mode)
         if mode is EchoMode.SOFTWARE_AEC and canceller is None:
-            canceller = (
-                load_canceller(settings.aec_factory, PCM_RATE_HZ, frame_samples)
-                if settings.aec_factory
-                else None
-            )
+            canceller = build_canceller(settings)
         self.echo = EchoControl(
             mode,
             tail_ms=settings.echo_tail_ms,
@@ -76,6 +79,8 @@ class CaptureCore:
                     event = self.vad.force_silent(capture_mono_ns)
                     if event is not None:
                         events.append(event)
+            elif echo.echo_only:  # residual echo only: the VAD hears silence, timing kept
+                events += self.vad.feed(bytes(len(echo.pcm)), capture_mono_ns)
             else:
                 events += self.vad.feed(echo.pcm, capture_mono_ns)
         self._was_gated = echo.gated

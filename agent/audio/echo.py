@@ -13,14 +13,16 @@ Three modes (``mic.echo_mode``):
     by voice in this mode.
 
 ``software_aec``
-    A software echo canceller, plugged in by the integrator (``mic.aec_factory =
-    "package.module:factory"``). The speaker publishes what it played on ``audio.played``
-    (24 kHz mono PCM16; ``capture_mono_ns`` = when it reaches the loudspeaker, estimated from
-    PortAudio's output latency). The mic keeps that reference in a :class:`ReferenceBuffer`
-    and hands the canceller each mic frame together with the reference that was playing at
-    the frame's capture time, sample-aligned and of the same length (silence where nothing
-    played). The canceller still has to model the acoustic path (speaker -> room -> mic,
-    typically 1-50 ms plus the converters): an adaptive filter of 100+ ms handles that.
+    A software echo canceller: the built-in ``mic.aec`` (``speex`` or ``webrtc``,
+    :mod:`agent.audio.aec`, docs/aec.md) or one plugged in by the integrator
+    (``mic.aec_factory = "package.module:factory"``). The speaker publishes what it played on
+    ``audio.played`` (24 kHz mono PCM16; ``capture_mono_ns`` = when it reaches the
+    loudspeaker, estimated from PortAudio's output latency). The mic keeps that reference in
+    a :class:`ReferenceBuffer` and hands the canceller each mic frame together with the
+    reference that was playing at the frame's capture time, sample-aligned and of the same
+    length (silence where nothing played). The canceller still has to model the acoustic
+    path (speaker -> room -> mic, typically 1-50 ms plus the converters and the stamping
+    error): the built-in ones track that delay (:mod:`agent.audio.delay`).
 
 The hook, :class:`EchoCanceller`::
 
@@ -32,6 +34,11 @@ The hook, :class:`EchoCanceller`::
             # return the cleaned mic frame (same length). Called on the event loop for
             # every 20 ms frame: keep it well under a millisecond, or use native code.
             ...
+
+Optional attributes a canceller may have (the built-in ones do): ``lookahead_ms`` (the
+reference handed over runs this far ahead of the frame, for echo that comes before its play
+stamp) and ``echo_only`` (after ``process``: the frame held only residual echo, so the VAD
+must not start a turn on it; the published frame is unchanged).
 
 Everything here is sans-I/O: times are passed in.
 """
@@ -60,6 +67,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SAMPLE_BYTES = 2
+_SNAP_MS = 100  # software_aec: play stamp jitter absorbed to keep the reference continuous
+_CAPTURE_SNAP_MS = 20  # software_aec: capture stamp jitter absorbed (they are smoothed already)
+_STEP_BLOCKS = 5  # continuous reference: a step must persist this many blocks ...
+_STEP_NS = 5_000_000  # ... beyond this to move the chain
 
 
 class EchoMode(enum.StrEnum):
@@ -96,16 +107,44 @@ def load_canceller(spec: str, sample_rate_hz: int, frame_samples: int) -> EchoCa
 class ReferenceBuffer:
     """What the speaker played, by play time: gives the reference under a mic frame."""
 
-    def __init__(self, *, max_ms: int = 1000, sample_rate_hz: int = 24_000):
+    def __init__(self, *, max_ms: int = 1000, sample_rate_hz: int = 24_000, snap_ms: int = 0):
         self._rate = sample_rate_hz
         self._max_ns = max_ms * 1_000_000
+        # Continuous mode (snap_ms > 0), for an echo canceller, which needs a continuous
+        # reference: a gap or an overlap of a few samples is a jump of its echo path. Play
+        # stamps jitter (PulseAudio: +-10 ms, up to 40), so a block stamped within snap_ms of the
+        # previous block's end continues it exactly; only a step that persists (the median of
+        # the last _STEP_BLOCKS deviations beyond _STEP_NS: a real gap in playback, drift)
+        # moves the chain, and a deviation beyond snap_ms (a new utterance) re-anchors it.
+        self._snap_ns = snap_ms * 1_000_000
+        self._deviations: collections.deque[int] = collections.deque(maxlen=_STEP_BLOCKS)
+        self.reanchors = 0  # chain re-anchored on a stamp (new utterance, big gap)
+        self.steps = 0  # chain moved by a persistent step
         self._blocks: collections.deque[tuple[int, bytes]] = collections.deque()
 
     def add(self, pcm: bytes, play_mono_ns: int) -> None:
+        if self._snap_ns and self._blocks:
+            play_mono_ns = self._continue(play_mono_ns)
         self._blocks.append((play_mono_ns, pcm))
         newest_end = play_mono_ns + self._duration_ns(pcm)
         while self._blocks and self._end(self._blocks[0]) < newest_end - self._max_ns:
             self._blocks.popleft()
+
+    def _continue(self, play_mono_ns: int) -> int:
+        end = self._end(self._blocks[-1])
+        deviation = play_mono_ns - end
+        if abs(deviation) > self._snap_ns:
+            self._deviations.clear()
+            self.reanchors += 1
+            return play_mono_ns
+        self._deviations.append(deviation)
+        if len(self._deviations) == self._deviations.maxlen:
+            step = sorted(self._deviations)[len(self._deviations) // 2]
+            if abs(step) > _STEP_NS:
+                self._deviations.clear()
+                self.steps += 1
+                return end + step
+        return end
 
     def _duration_ns(self, pcm: bytes) -> int:
         return (len(pcm) // _SAMPLE_BYTES) * 1_000_000_000 // self._rate
@@ -130,6 +169,9 @@ class ReferenceBuffer:
 class EchoResult:
     pcm: bytes  # the frame to publish
     gated: bool  # True: the frame was silenced; do not feed the VAD
+    # software_aec: the canceller judged the frame to hold only (residual) echo; the VAD must
+    # not start a turn on it (a canceller says so with an ``echo_only`` attribute)
+    echo_only: bool = False
 
 
 class EchoControl:
@@ -149,7 +191,11 @@ class EchoControl:
         self.mode = mode
         self._tail_ns = tail_ms * 1_000_000
         self._canceller = canceller
-        self._reference = ReferenceBuffer(max_ms=reference_ms, sample_rate_hz=sample_rate_hz)
+        self._reference = ReferenceBuffer(
+            max_ms=reference_ms, sample_rate_hz=sample_rate_hz, snap_ms=_SNAP_MS
+        )
+        self._rate = sample_rate_hz
+        self._next_ref_ns: int | None = None  # software_aec: where the last window ended
         self._playing = False
         self._stopped_at_ns: int | None = None
         self.gated_frames = 0
@@ -184,6 +230,21 @@ class EchoControl:
                 return EchoResult(bytes(len(pcm)), gated=True)
             return EchoResult(pcm, gated=False)
         if self.mode is EchoMode.SOFTWARE_AEC and self._canceller is not None:
-            ref = self._reference.window(capture_mono_ns, len(pcm) // _SAMPLE_BYTES)
-            return EchoResult(self._canceller.process(pcm, ref, capture_mono_ns), gated=False)
+            n = len(pcm) // _SAMPLE_BYTES
+            # The reference continues where the last window ended, while the capture stamps
+            # agree with that within _CAPTURE_SNAP_MS (their jitter would cut the reference into
+            # pieces); a larger step (a gap in capture, clock drift) re-aligns on the stamp.
+            start = self._next_ref_ns
+            if start is None or abs(capture_mono_ns - start) > _CAPTURE_SNAP_MS * 1_000_000:
+                start = capture_mono_ns
+            self._next_ref_ns = start + n * 1_000_000_000 // self._rate
+            # A canceller may ask for some of the reference's future (``lookahead_ms``): play
+            # stamps can run late of the echo (PulseAudio: the echo arrived 12 ms before its
+            # stamp), and a canceller needs the reference first; the built-in ones estimate the
+            # delay, lookahead included.
+            ahead_ns = int(getattr(self._canceller, "lookahead_ms", 0)) * 1_000_000
+            ref = self._reference.window(start + ahead_ns, n)
+            cleaned = self._canceller.process(pcm, ref, capture_mono_ns)
+            echo_only = bool(getattr(self._canceller, "echo_only", False))
+            return EchoResult(cleaned, gated=False, echo_only=echo_only)
         return EchoResult(pcm, gated=False)

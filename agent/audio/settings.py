@@ -56,11 +56,16 @@ class MicSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     preroll_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 1000  # recent audio kept
     # --- echo --------------------------------------------------------------------------------
     # none: the mic array cancels echo itself; half_duplex: while the speaker plays, frames are
-    # replaced by silence and VAD is gated; software_aec: frames go through `aec_factory`.
+    # replaced by silence and VAD is gated; software_aec: frames go through the echo canceller
+    # `aec` (or `aec_factory`), barge-in by voice while the avatar speaks (docs/aec.md).
     echo_mode: EchoMode = "none"
     echo_tail_ms: NonNegInt = 200  # half_duplex: keep gating this long after the speaker stops
     # software_aec: "module:callable" returning an agent.audio.echo.EchoCanceller.
     aec_factory: str = ""
+    # software_aec: the built-in canceller when aec_factory is "" (docs/aec.md): speex = SpeexDSP
+    # (libspeexdsp1), keeps the guest in double talk; webrtc = WebRTC AEC3 + noise suppression
+    # (the livekit wheel: pip install navtalk-agent[webrtc]), deeper echo cut, weaker guest.
+    aec: Literal["speex", "webrtc"] = "speex"
     aec_reference_ms: PosInt = 1000  # software_aec: played reference kept for alignment
 
 
