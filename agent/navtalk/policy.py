@@ -17,7 +17,8 @@ actions it returns. Retries of a dropped connection stay with :mod:`agent.navtal
 - End triggers: ``control.session end`` (at once); ``end_after_speech`` (the tool
   ``end_conversation``: after the avatar's last words); no guest or avatar speech for
   ``idle_timeout_s``; ``max_session_s`` after the start; the face gone for ``face_gone_s``;
-  a failed connection (insufficient balance, a refused license). Idle and maximum length
+  a failed connection (insufficient balance, a refused license); the day's budget spent
+  (:class:`Spent`: no visit starts while it is). Idle and maximum length
   first ask the model for a wrap-up line (:attr:`SayWrapUp`) and close once it was said.
 - After an end the policy is IDLE at once; a voice onset is ignored for
   ``voice_cooldown_s`` (the avatar's goodbye in the room must not open the next visit).

@@ -5,7 +5,10 @@ every :data:`TICK_S`) and carries out its actions: a Connect sets the session's 
 flag (the connection loop opens the socket, the link retries), a Close ends the session
 on purpose, a SayWrapUp is a text turn asking the model for the wrap-up line.
 
-It also keeps the current visit's user turns, in memory only: they are what is replayed
+It counts the seconds a socket is open against the day's budget
+(:class:`agent.navtalk.budget.Budget`, saved to a small JSON file so a restart keeps the
+day) and tells the policy when it is spent. It also keeps the current visit's user
+turns, in memory only: they are what is replayed
 after a dropped connection, and a new visit starts with none (guest B never hears guest
 A's words; the SQLite history is a record, never replayed).
 """
