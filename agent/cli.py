@@ -9,6 +9,7 @@
     navtalk-agent emulator [--host H] [--port P] [--tls]           local NavTalk server
     navtalk-agent devices                              list audio devices
     navtalk-agent history clear [--config FILE]        forget the stored conversation
+    navtalk-agent history export [--config FILE]       the stored conversation, JSON lines
     navtalk-agent config check FILE | show [--config FILE]
     navtalk-agent install systemd [--user] [--profile kiosk|robot] [--dry-run] [--prefix DIR]
     navtalk-agent gateway | keys | record | replay | topics | say | session | tools | status
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("devices", help="list audio input and output devices")
 
     p = sub.add_parser("history", help="manage the stored conversation history")
-    p.add_argument("action", choices=["clear"])
+    p.add_argument("action", choices=["clear", "export"])  # export: JSON lines on stdout
     _add_config(p)
 
     p = sub.add_parser("install", help="install the systemd unit, profile and license file")
@@ -238,6 +239,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _emulator(args, settings)
     if cmd in ops_cli.COMMANDS:
         return ops_cli.dispatch(args, settings)
+    if cmd == "history" and args.action == "export":
+        from agent.navtalk.history import export_lines
+
+        for line in export_lines(settings.session.history_db_path):
+            print(line)
+        return 0
     if cmd == "history":
         from services.session import clear_history
 

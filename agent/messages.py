@@ -287,6 +287,10 @@ class SessionState(Message, frozen=True, kw_only=True, tag=True):
     # The current NavTalk socket connection (as SdpMessage.connection_id), "" when none: a
     # display that starts mid-session stamps its own offer with it.
     connection_id: str = ""
+    # The kiosk visit (agent.navtalk.policy.VisitPhase): idle (ready for a guest), starting,
+    # engaged, closing; "" from a session that predates visits.
+    visit: str = ""
+    visit_detail: str = ""  # e.g. "ready", "budget spent", "idle" (why it is closing)
 
 
 class BargeIn(Message, frozen=True, kw_only=True, tag=True):

@@ -299,6 +299,11 @@ class MetricsExporter:
         self.barge_ins = prom.Counter(
             "navtalk_agent_barge_ins", "barge-ins (control.barge_in)", registry=self.registry
         )
+        self.budget_spent = prom.Gauge(
+            "navtalk_agent_session_budget_spent",
+            "1 while today's budget of session minutes is spent (docs/kiosk.md)",
+            registry=self.registry,
+        )
         self.tool_calls = prom.Counter(
             "navtalk_agent_tool_calls", "tool calls by outcome (ok or error category)",
             ["tool", "outcome"], registry=self.registry,
@@ -330,6 +335,10 @@ class MetricsExporter:
                     self.values[key] = float(getattr(msg, name))
         elif isinstance(msg, SessionState):
             previous, self.session_phase = self.session_phase, msg.phase
+            if msg.visit:  # the kiosk policy decides where the session should be
+                self.budget_spent.set(1.0 if msg.visit_detail == "budget spent" else 0.0)
+                if self.session is not None:
+                    self.session.wish(msg.visit != "idle", _now())
             if self.session is not None:
                 self.session.state(msg.phase, _now())
             if msg.phase is SessionPhase.CONNECTING and (

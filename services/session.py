@@ -6,7 +6,9 @@ A thin asyncio shell; the decisions live in sans-I/O cores of :mod:`agent.navtal
     bus ─ tool.catalog (tools only) ──▶ ToolCalls ──▶ realtime.input_function_call (once per
                                                       connection, again on a change)
     bus ─ tool.result ──▶ ToolCalls.pending ──▶ function_call_output + response.create
-    bus ─ webrtc.local.*, input.*, control.session ─▶ check_local ─▶ signaling, turns, start/end
+    bus ─ webrtc.local.*, input.*                  ─▶ check_local ─▶ signaling, turns
+    bus ─ control.session, vad.state, speaker.state, server events, ticks ─▶ SessionPolicy
+         ─▶ connect / close / pre-roll / wrap-up line (services.session_parts.visit)
     NavTalk frames ─▶ NavTalkProtocol ─▶ events ─▶ bridge.to_bus ─▶ navtalk.*, webrtc.remote.*
     connection ends ─▶ Link (handshake deadline, backoff, attempts) ─▶ retry / give up / idle
 
@@ -14,8 +16,9 @@ Policy decided here (the cores enforce the protocol and the limits):
 
 - Mic audio is streamed only while READY (after ``realtime.session.updated``); before, it
   waits in a bounded backlog behind the mic's pre-roll and is flushed once READY.
-- History: the last N user turns are replayed right after ``realtime.session.created``;
-  SQLite runs in a thread of its own (:class:`agent.navtalk.history.HistoryThread`).
+- A visit is one guest's conversation (:mod:`agent.navtalk.policy`): after a dropped
+  connection its last N user turns are replayed right after ``realtime.session.created``;
+  a new visit starts fresh. SQLite only records (in a thread of its own).
 - Tool calls: one ``tool.call`` per function call, each call_id answered exactly once
   (early ones are held until ``realtime.session.created``); the session's deadline is a
   safety net behind the tools process's own timeout.
@@ -37,7 +40,6 @@ import random
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
@@ -67,8 +69,10 @@ from agent.messages import (
     ToolCatalog,
     ToolDescribe,
     ToolResult,
+    VadState,
 )
 from agent.navtalk import events as ev
+from agent.navtalk import policy as pol
 from agent.navtalk.bridge import Publish, check_local, failure_of, ice_servers, to_bus
 from agent.navtalk.burst import BurstLog
 from agent.navtalk.calls import ToolCalls
@@ -80,6 +84,7 @@ from agent.navtalk.url import RedactFilter, build_url, redact, register_secret
 from services.session_parts.audio import MicRelay
 from services.session_parts.conn import Connection, SignalingRelay, close_detail
 from services.session_parts.tools import ToolRelay
+from services.session_parts.visit import VisitRelay
 
 __all__ = ["EMULATOR_LICENSE", "SessionService", "clear_history", "effective_url", "run"]
 
@@ -89,8 +94,6 @@ _ws_log = logging.getLogger(__name__ + ".ws")  # given to websockets (it logs th
 _ws_log.addFilter(RedactFilter())
 
 EMULATOR_LICENSE = "emulator-demo"  # used with the embedded emulator when NAVTALK_LICENSE is unset
-END_AFTER_SPEECH_MAX_S = 15.0  # wait at most this long for the speaker to go idle
-END_AFTER_SPEECH_GRACE_S = 0.3  # audio still on its way to the speaker after audio.done
 MAX_FRAME_BYTES = 4 * 1024 * 1024  # a bigger server frame closes the socket (1009)
 
 
@@ -171,10 +174,14 @@ class SessionService:
         self._phase = SessionPhase.IDLE
         self._detail = ""
         self._retry_in_ms: int | None = None
-        self._end_after_speech = False
-        self._speaker_idle = asyncio.Event()
-        self._speaker_idle.set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.visit = VisitRelay(
+            c,
+            wanted=self._wanted,
+            mic=self.mic,
+            current=lambda: self._conn,
+            end=self.end_session,
+            publish=lambda: self._publish_state(self._phase, self._detail),
+        )
         self.stats: collections.Counter[str] = collections.Counter()
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -189,42 +196,30 @@ class SessionService:
             await self.history.open(wall_s=time.time())
         log.info("= session service: NavTalk at %s", self._safe_url)
         self.bus.publish(topics.TOOL_DESCRIBE, ToolDescribe())
-        if self.cfg.autostart:
-            self._wanted.set()
         self._publish_state(SessionPhase.IDLE, "starting")
+        await self.visit.open_budget()
+        await self.visit.feed(pol.Start(time.monotonic()))
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._bus_loop(), name="session-bus")
                 tg.create_task(self._connection_loop(), name="session-conn")
                 tg.create_task(self.relay.deadline_loop(), name="session-deadlines")
                 tg.create_task(self._state_loop(), name="session-state")
+                tg.create_task(self.visit.tick_loop(), name="session-visit")
         except* Exception as group:  # a loop died: say so, then let the process end
             for exc in group.exceptions:
                 log.error("= session loop failed: %s", redact(repr(exc)), exc_info=exc)
             raise
         finally:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
             conn = self._conn
             if conn is not None:
                 conn.ended_by_us = True
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(2.0):
                         await conn.ws.close(1000, "agent stopping")
+            await self.visit.save_budget()
             if self.history is not None:
                 await self.history.close()
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-
-        def done(t: asyncio.Task[None]) -> None:
-            self._tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.error("task %s failed: %s", t.get_name(), redact(repr(t.exception())))
-
-        task.add_done_callback(done)
 
     def _publish(self, p: Publish) -> None:
         if p.latch:
@@ -259,6 +254,8 @@ class SessionService:
                 session_id=(proto.session_id or None) if proto else None,
                 ice_servers=ice_servers(proto.ice_servers) if proto else [],
                 retry_in_ms=self._retry_in_ms,
+                visit=self.visit.phase.value,
+                visit_detail=self.visit.detail,
             ),
         )
 
@@ -280,8 +277,12 @@ class SessionService:
                 error = exc
             self.relay.fail_pending("the NavTalk session ended")
             outcome = self.link.ended(None if error is None else classify(error))
-            if outcome.state is LinkState.IDLE:  # we ended it on purpose
+            now = time.monotonic()
+            if outcome.state is LinkState.IDLE and not self._wanted.is_set():  # ended on purpose
                 self._publish_state(SessionPhase.IDLE, "session ended")
+                await self.visit.feed(pol.Ended(pol.EndKind.BY_US, "session ended", now))
+                continue
+            if outcome.state is LinkState.IDLE:  # a new visit wanted it meanwhile: connect again
                 continue
             reason = redact(str(error) or type(error).__name__)
             if outcome.state is LinkState.FAILED:
@@ -292,6 +293,7 @@ class SessionService:
                     reason,
                 )
                 self._publish_state(SessionPhase.FAILED, reason)
+                await self.visit.feed(pol.Ended(pol.EndKind.FAILED, reason, now))
                 continue
             delay = outcome.retry_in_s or 0.0
             self._retry_in_ms = int(delay * 1000)
@@ -303,18 +305,16 @@ class SessionService:
                 ", after a healthy session" if outcome.healthy else "",
             )
             self._publish_state(SessionPhase.CLOSED, reason)
+            await self.visit.feed(pol.Ended(pol.EndKind.RETRYING, reason, now))
             await asyncio.sleep(delay)
 
     async def _one_session(self) -> None:
         """Connect and run one session; returns when we ended it, raises on any failure."""
-        self.mic.request_preroll()
         if self.tools.catalog is None and self.cfg.declare_tools and self.cfg.catalog_wait_ms > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.cfg.catalog_wait_ms / 1000):
                     await self.relay.catalog_event.wait()
-        replay: list[str] = []
-        if self.history is not None and self.cfg.history_replay_count > 0:
-            replay = await self.history.replay(self.cfg.history_replay_count, wall_s=time.time())
+        replay = self.visit.replay()  # this visit's turns only: empty for a new visit
         connection_id = uuid.uuid4().hex[:12]
         self.link.opening(connection_id)
         self.relay.new_connection()
@@ -337,6 +337,7 @@ class SessionService:
                 else PermanentSessionError(f"connection refused: {redact(str(exc))}")
             ) from None
         conn = Connection(ws, proto, connection_id, replay=replay)
+        conn.ended_by_us = not self._wanted.is_set()  # ended while it was connecting
         self._conn = conn
         loop = asyncio.get_running_loop()
         self.link.opened(loop.time())
@@ -374,6 +375,8 @@ class SessionService:
             raise TransientSessionError(str(detail))
 
     async def _read_loop(self, conn: Connection) -> None:
+        if conn.ended_by_us:
+            return
         with contextlib.suppress(ConnectionClosed):  # close_detail() says why
             async for message in conn.ws:
                 now = time.monotonic()
@@ -402,10 +405,10 @@ class SessionService:
     async def end_session(self, reason: str) -> None:
         """Close the current session on purpose (no reconnect)."""
         self._wanted.clear()
-        self._end_after_speech = False
         conn = self._conn
         if conn is None:
             self._publish_state(SessionPhase.IDLE, reason)
+            await self.visit.feed(pol.Ended(pol.EndKind.BY_US, reason, time.monotonic()))
             return
         conn.ended_by_us = True
         log.info("> ending the NavTalk session: %s", reason)
@@ -426,6 +429,7 @@ class SessionService:
         )
         for out in outs:
             self._publish(out)
+        await self.visit.on_server_event(event)
         failure = failure_of(event, ended_by_us=conn.ended_by_us)
         if failure is not None:
             conn.failure = failure
@@ -445,9 +449,6 @@ class SessionService:
                 self._remember(Role.USER, event.content, proto.session_id)
             case ev.TranscriptDone():
                 self._remember(Role.ASSISTANT, event.content, proto.session_id)
-            case ev.AudioDone() if self._end_after_speech:
-                self._end_after_speech = False
-                self._spawn(self._end_when_quiet(), "session-end-after-speech")
             case ev.FunctionCallDone():
                 await self.relay.on_call(event)
             case ev.Unknown():
@@ -459,6 +460,8 @@ class SessionService:
                 pass
 
     def _remember(self, role: Role, text: str, session_id: str) -> None:
+        if role is Role.USER:
+            self.visit.remember(redact(text))
         if self.history is not None and text.strip():
             self.history.add(role, redact(text), wall_s=time.time(), session_id=session_id)
 
@@ -522,44 +525,18 @@ class SessionService:
                 )
                 await conn.send(image)
             case SessionControl():
-                await self._on_control(msg)
+                log.info("< control.session %s %s", msg.action, redact(msg.reason))
+                await self.visit.feed(pol.Command(msg.action, msg.reason, time.monotonic()))
+            case VadState():
+                await self.visit.feed(pol.Vad(msg.speaking, time.monotonic()))
             case Heartbeat() if msg.service == topics.TOOLS:
                 await self.relay.on_tools_heartbeat(msg.pid)
             case SpeakerState():
-                if msg.playing:
-                    self._speaker_idle.clear()
-                else:
-                    self._speaker_idle.set()
+                await self.visit.feed(pol.Speaker(msg.playing, time.monotonic()))
             case TextInput() | ImageInput():
                 log.info("= %s dropped: no NavTalk session", d.topic)
             case _:
                 pass
-
-    async def _on_control(self, msg: SessionControl) -> None:
-        log.info("< control.session %s %s", msg.action, redact(msg.reason))
-        if msg.action == "start":
-            self._wanted.set()
-        elif msg.action == "end":
-            await self.end_session(msg.reason or "control.session end")
-        else:  # end_after_speech: at the next audio.done, once the speaker is quiet
-            if self._conn is None:
-                await self.end_session(msg.reason or "end after speech")
-            else:
-                self._end_after_speech = True
-
-    async def _end_when_quiet(self) -> None:
-        try:
-            async with asyncio.timeout(END_AFTER_SPEECH_MAX_S):
-                # audio.done comes when the last words were sent, not played: give them time
-                # to reach the speaker (WebRTC, jitter buffer) before asking if it is quiet.
-                await asyncio.sleep(END_AFTER_SPEECH_GRACE_S)
-                await self._speaker_idle.wait()
-        except TimeoutError:
-            log.warning(
-                "= the speaker still plays %.0f s after the last words; ending anyway",
-                END_AFTER_SPEECH_MAX_S,
-            )
-        await self.end_session("conversation ended after the avatar's last words")
 
 
 TOPICS = topics.ServiceTopics(
@@ -576,6 +553,7 @@ TOPICS = topics.ServiceTopics(
         topics.INPUT_IMAGE,
         topics.CONTROL_SESSION,
         topics.SPEAKER_STATE,
+        topics.VAD_STATE,
     ),
     writes=(
         topics.NAVTALK_CONNECTION,

@@ -48,6 +48,22 @@ def test_history_clear(tmp_path: Path) -> None:
         assert store.count() == 0
 
 
+def test_history_export_is_json_lines(tmp_path: Path) -> None:
+    db = tmp_path / "h.sqlite3"
+    with ConversationStore(db) as store:
+        store.add(Role.USER, "Où est la piscine ?", wall_s=1.0, session_id="s1")
+        store.add(Role.ASSISTANT, "Au sous-sol.", wall_s=2.0, session_id="s1")
+    r = _cli("history", "export", "--set", f'session.history_db_path="{db}"')
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert rows == [
+        {"wall_s": 1.0, "role": "user", "text": "Où est la piscine ?", "session_id": "s1"},
+        {"wall_s": 2.0, "role": "assistant", "text": "Au sous-sol.", "session_id": "s1"},
+    ]
+    r = _cli("history", "export", "--set", f'session.history_db_path="{tmp_path / "none"}"')
+    assert r.returncode == 0 and r.stdout == "" and not (tmp_path / "none").exists()
+
+
 def test_config_show_is_json_with_overrides() -> None:
     r = _cli("config", "show", "--config", "config/robot.toml", "--set", "mic.vad_aggressiveness=3")
     assert r.returncode == 0, r.stderr

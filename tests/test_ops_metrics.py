@@ -266,3 +266,22 @@ def test_the_session_is_healthy_where_its_policy_wants_it() -> None:
     assert wish.problem(now=5000.0) is None
     wish.state(SessionPhase.FAILED, now=5001.0)
     assert wish.problem(now=5001.0) == "session: failed"
+
+
+def test_the_visit_policy_says_where_the_session_should_be() -> None:
+    port = free_port()
+    x = MetricsExporter("127.0.0.1", port, lambda: [], session_autostart=True)
+    try:
+        assert x.session is not None and x.session.wants_live  # autostart, before any state
+        x.observe(d(SessionState(phase=SessionPhase.IDLE, visit="idle", visit_detail="ready")))
+        assert not x.session.wants_live  # a kiosk waiting for its guest is healthy idle
+        x.observe(d(SessionState(phase=SessionPhase.CONNECTING, visit="starting")))
+        assert x.session.wants_live
+        spent = SessionState(phase=SessionPhase.IDLE, visit="idle", visit_detail="budget spent")
+        x.observe(d(spent))
+        assert not x.session.wants_live
+        _, text = get(f"http://127.0.0.1:{port}/metrics")
+        samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        assert samples["navtalk_agent_session_budget_spent"] == 1
+    finally:
+        x.close()

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import json
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-__all__ = ["ConversationStore", "HistoryThread", "Role", "Turn"]
+__all__ = ["ConversationStore", "HistoryThread", "Role", "Turn", "export_lines"]
 
 _T = TypeVar("_T")
 
@@ -123,6 +124,17 @@ class ConversationStore:
         self._db.execute("VACUUM")
         logger.info("= history cleared (%d turns)", cur.rowcount)
         return int(cur.rowcount)
+
+
+def export_lines(path: str | Path) -> Iterator[str]:
+    """``navtalk-agent history export``: every stored turn as one JSON line, oldest first
+    (nothing when the file does not exist: nothing was stored)."""
+    if str(path) != ":memory:" and not Path(path).expanduser().exists():
+        return
+    with ConversationStore(path) as store:
+        for t in store.turns():
+            row = {"wall_s": t.wall_s, "role": t.role.value, "text": t.text}
+            yield json.dumps(row | {"session_id": t.session_id}, ensure_ascii=False)
 
 
 class HistoryThread:

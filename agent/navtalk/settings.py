@@ -34,10 +34,26 @@ class NavTalkSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 class SessionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True  # run the session service at all
-    autostart: bool = True  # open the session when the service starts (else on control.session)
+    autostart: bool = True  # false drops the "always" start trigger (the older switch)
+    # --- kiosk policy ---------------------------------------------------------------------
+    # when a visit (one guest's conversation) starts and ends; see docs/kiosk.md
+    start_triggers: tuple[Literal["always", "voice", "button"], ...] = (
+        "always",
+        "button",
+    )  # always = at service start; voice = local VAD; button = control.session start
+    idle_timeout_s: NonNegFloat = 0.0  # no guest or avatar speech this long ends it (0 = off)
+    max_session_s: NonNegFloat = 0.0  # a visit ends this long after its start (0 = off)
+    # the text turn that asks the model for a goodbye before an idle or maximum-length end
+    # ("" = close without one)
+    wrapup_text: str = "The visit is over: say a short, polite goodbye to the guest."
+    wrapup_max_s: PosFloat = 15.0  # the wrap-up or last words may take this long, then close
+    voice_cooldown_s: NonNegFloat = 0.5  # voice onsets ignored this long after a visit ended
+    budget_daily_minutes: NonNegFloat = 0.0  # minutes of session a day, then none (0 = no cap)
+    budget_warn_fraction: Fraction = 0.8  # log a warning once this much of the day is used
+    budget_path: str = "~/.local/share/navtalk-agent/budget.json"  # today's use, kept on restart
     # --- history -----------------------------------------------------------------------------
-    history_enabled: bool = True  # store transcripts and replay user turns on connect
-    history_replay_count: NonNegInt = 3  # last N user messages replayed (0 = none)
+    history_enabled: bool = True  # store transcripts on disk (false = store nothing)
+    history_replay_count: NonNegInt = 3  # this visit's last N user turns resent on a reconnect
     history_db_path: str = "~/.local/share/navtalk-agent/history.sqlite3"  # SQLite file
     history_max_age_s: NonNegFloat = 30 * 24 * 3600.0  # rows older than this are deleted (0=keep)
     history_max_rows: NonNegInt = 10_000  # keep at most this many rows (0 = no limit)
@@ -49,7 +65,7 @@ class SessionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # --- audio -------------------------------------------------------------------------------
     audio_only: bool = False  # no WebRTC media: publish audio.delta on navtalk.audio.delta
     preroll_ms: NonNegInt = 500  # ask the mic for this much audio on session start (0 = off)
-    max_audio_backlog_ms: PosInt = 2000  # mic audio held while not ready, oldest dropped
+    max_audio_backlog_ms: PosInt = 4000  # mic audio held until ready (covers connect time)
     # --- connection --------------------------------------------------------------------------
     connect_timeout_s: PosFloat = 10.0  # WebSocket opening handshake timeout
     handshake_timeout_s: PosFloat = 10.0  # socket open -> realtime.session.created, else retry

@@ -44,13 +44,14 @@ class MicRelay:
         self._preroll_id = ""
         self.frames_sent = 0
 
-    def request_preroll(self) -> None:
-        if self.preroll_ms <= 0:
+    def request_preroll(self, duration_ms: int | None = None) -> None:
+        ms = self.preroll_ms if duration_ms is None else duration_ms
+        if ms <= 0:
             return
         self._preroll_id = uuid.uuid4().hex[:12]
         self.bus.publish(
             topics.MIC_PREROLL_REQUEST,
-            PreRollRequest(request_id=self._preroll_id, duration_ms=self.preroll_ms),
+            PreRollRequest(request_id=self._preroll_id, duration_ms=min(ms, 10_000)),
         )
 
     async def flush(self, conn: Connection) -> None:
