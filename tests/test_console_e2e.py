@@ -49,6 +49,22 @@ async def emulator() -> AsyncIterator[Emulator]:
     await emu.close()
 
 
+def session_settings(emulator: Emulator, bus_settings: BusSettings, tmp: Path) -> Any:
+    """The session service's settings against ``emulator``: no tools, no pre-roll."""
+    return msgspec.structs.replace(
+        default_settings(),
+        bus=bus_settings,
+        navtalk=NavTalkSettings(url=emulator.base_url, name="navtalk.Leo"),
+        session=SessionSettings(
+            history_db_path=str(tmp / "h.sqlite3"),
+            state_interval_s=0.2,
+            catalog_wait_ms=0,
+            declare_tools=False,
+            preroll_ms=0,
+        ),
+    )
+
+
 async def cli(*args: str) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", *args, cwd=ROOT,
@@ -64,18 +80,7 @@ async def test_say_and_session_against_the_emulator(
 ) -> None:
     cfg = short_tmp / "c.toml"
     cfg.write_text(bus_toml(bus_settings))
-    settings = msgspec.structs.replace(
-        default_settings(),
-        bus=bus_settings,
-        navtalk=NavTalkSettings(url=emulator.base_url, name="navtalk.Leo"),
-        session=SessionSettings(
-            history_db_path=str(short_tmp / "h.sqlite3"),
-            state_interval_s=0.2,
-            catalog_wait_ms=0,
-            declare_tools=False,
-            preroll_ms=0,
-        ),  # fmt: skip
-    )
+    settings = session_settings(emulator, bus_settings, short_tmp)
     async with running_service("session", session_service.run, settings, license=LICENSE):
         code, out, err = await cli("session", "start", "--wait", "30", "-c", str(cfg))
         assert code == 0 and out.splitlines()[-1].startswith("session: ready"), out + err
@@ -97,18 +102,7 @@ async def test_a_recorded_mic_replayed_drives_the_session(
 ) -> None:
     """record --media of a guest's mic, then replay into a running session: the emulator
     hears the utterance and the avatar answers, as with the live mic."""
-    settings = msgspec.structs.replace(
-        default_settings(),
-        bus=bus_settings,
-        navtalk=NavTalkSettings(url=emulator.base_url, name="navtalk.Leo"),
-        session=SessionSettings(
-            history_db_path=str(short_tmp / "h.sqlite3"),
-            state_interval_s=0.2,
-            catalog_wait_ms=0,
-            declare_tools=False,
-            preroll_ms=0,
-        ),  # fmt: skip
-    )
+    settings = session_settings(emulator, bus_settings, short_tmp)
     speech = await emulator.tts.synthesize("What time is it?")
     pcm = b"\x00\x00" * 9600 + speech + b"\x00\x00" * 24000  # 0.4 s, speech, 1 s of silence
     frames = [pcm[i : i + 960] for i in range(0, len(pcm), 960)]
