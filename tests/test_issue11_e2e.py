@@ -197,11 +197,14 @@ async def _drive(run: Run, emu: Emulator, tap: Tap, config: Path) -> None:
     await tap.wait("the session's heartbeat", _beat_of("session"), timeout=START_S)
     record = await emu.wait_sessions(1, STEP_S)
     if run.late_display:
-        at = await tap.wait(
-            "the server's offer on webrtc.remote.offer",
-            lambda d: d.topic == topics.WEBRTC_REMOTE_OFFER and isinstance(d.msg, SdpMessage),
-        )
-        run.offer_on_bus = tap.seen[at].mono_ns / 1e9
+        try:  # on the bus before this tap? latched, it is re-sent to it
+            at = await tap.wait(
+                "the server's offer on webrtc.remote.offer",
+                lambda d: d.topic == topics.WEBRTC_REMOTE_OFFER and isinstance(d.msg, SdpMessage),
+            )
+            run.offer_on_bus = tap.seen[at].mono_ns / 1e9
+        except AssertionError as exc:
+            run.notes.append(str(exc))
         run.display_started = time.monotonic()
         run.display_proc = _agent(
             "service", "display", "--config", str(config), log=run.out / "display.log"
@@ -470,7 +473,7 @@ def test_the_greeting_reaches_the_speaker_from_its_first_word(together: Run) -> 
 def test_a_late_display_answers_the_latched_offer_within_1s(late: Run) -> None:
     assert late.offers_sent, "the emulator sent no offer"
     # the display really came late: started after the session had passed the offer on
-    assert late.offers_sent[0] <= late.offer_on_bus <= late.display_started
+    assert late.offers_sent[0] <= late.offer_on_bus <= late.display_started, late.notes
     assert late.display_started <= late.display_in_service
     answers = late.answers()
     assert answers, f"the latched offer was never answered: {late.notes}"
