@@ -352,7 +352,7 @@ class SessionService:
                 if not self.link.handshake_expired(loop.time()):
                     raise
                 why = (
-                    f"no realtime.session.created {self.cfg.handshake_timeout_s:g} s after the"
+                    f"no realtime.session.updated {self.cfg.handshake_timeout_s:g} s after the"
                     f" socket opened (NavTalk state {proto.state.value})"
                 )
                 log.warning("= NavTalk handshake timed out: %s", why)
@@ -438,11 +438,12 @@ class SessionService:
                 self._publish_state(SessionPhase.CONNECTED, "")
             case ev.SessionCreated():
                 self.link.session_created()
-                if conn.handshake is not None:
-                    conn.handshake.reschedule(None)
                 self._publish_state(SessionPhase.CREATED, "")
                 await self._on_created(conn)
             case ev.SessionUpdated():
+                self.link.session_updated()
+                if conn.handshake is not None:
+                    conn.handshake.reschedule(None)
                 self._publish_state(SessionPhase.READY, "")
                 await self.mic.flush(conn)
             case ev.InputTranscriptionCompleted():

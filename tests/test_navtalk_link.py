@@ -24,16 +24,17 @@ def fail_once(lk: Link, *, healthy: bool = False, kind: FailureKind | None = T) 
     return lk.ended(kind)
 
 
-def test_handshake_deadline_from_socket_open_to_session_created() -> None:
+def test_handshake_deadline_from_socket_open_to_session_updated() -> None:
     lk = link(handshake_timeout_s=5.0)
     lk.opening("c1")
     assert lk.state is LinkState.OPENING and lk.deadline is None
     lk.opened(10.0)
     assert lk.state is LinkState.HANDSHAKE and lk.deadline == 15.0
     assert not lk.handshake_expired(14.9) and lk.handshake_expired(15.0)
-    lk.session_created()
-    assert lk.state is LinkState.LIVE and lk.deadline is None
-    assert not lk.handshake_expired(1e9)
+    lk.session_created()  # healthy, but no audio may flow before session.updated
+    assert lk.state is LinkState.LIVE and lk.deadline == 15.0 and lk.handshake_expired(15.0)
+    lk.session_updated()
+    assert lk.deadline is None and not lk.handshake_expired(1e9)
 
 
 def test_backoff_grows_over_consecutive_failures() -> None:

@@ -200,7 +200,29 @@ async def test_silent_server_is_given_up_on_and_retried(
         await h.wait(lambda: h.connections >= 2 and 0 in h.closed)  # closed, then retried
     assert isinstance(closed.msg, SessionState) and closed.msg.retry_in_ms is not None
     lines = [r.getMessage() for r in caplog.records if "handshake timed out" in r.getMessage()]
-    assert lines and "realtime.session.created" in lines[0]
+    assert lines and "realtime.session.updated" in lines[0] and "state connecting" in lines[0]
+
+
+async def test_created_but_never_updated_is_given_up_on_and_retried(
+    server: Any, bus_settings: BusSettings, tmp_path: Path, rec: Recorder, caplog: Any
+) -> None:
+    """session.created, then nothing: no audio may ever flow, so the same deadline holds."""
+
+    async def half(h: Hostile, ws: ServerConnection, n: int) -> None:
+        await handshake(ws, updated=False)
+        await hold_open(ws)
+
+    h = await server(half)
+    settings = settings_for(bus_settings, h.url, tmp_path, handshake_timeout_s=0.5)
+    async with running_service("session", session_service.run, settings, license=LICENSE):
+        await rec.wait_for(is_state(SessionPhase.CREATED))
+        closed = await rec.wait_for(
+            lambda d: is_state(SessionPhase.CLOSED)(d) and "handshake" in d.msg.detail
+        )
+        await h.wait(lambda: h.connections >= 2 and 0 in h.closed)  # closed, then retried
+    assert isinstance(closed.msg, SessionState) and closed.msg.retry_in_ms is not None
+    lines = [r.getMessage() for r in caplog.records if "handshake timed out" in r.getMessage()]
+    assert lines and "state created" in lines[0]
 
 
 # --- function calls ----------------------------------------------------------------------------

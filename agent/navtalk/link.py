@@ -122,14 +122,20 @@ class Link:
         self._set(LinkState.HANDSHAKE, "socket open")
 
     def session_created(self) -> None:
+        """A healthy session (the backoff resets when it ends); the same deadline now waits
+        for realtime.session.updated, without which no audio may be sent."""
         if self._state is LinkState.HANDSHAKE:
-            self._deadline = None
             self._set(LinkState.LIVE, "session created")
+
+    def session_updated(self) -> None:
+        """The handshake is complete: no deadline any more."""
+        self._deadline = None
 
     @property
     def deadline(self) -> float | None:
-        """When the handshake must be done by (None when not in HANDSHAKE)."""
-        return self._deadline if self._state is LinkState.HANDSHAKE else None
+        """When the handshake (socket open to realtime.session.updated) must be done by."""
+        live = self._state in (LinkState.HANDSHAKE, LinkState.LIVE)
+        return self._deadline if live else None
 
     def handshake_expired(self, now: float) -> bool:
         d = self.deadline

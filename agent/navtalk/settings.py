@@ -68,7 +68,7 @@ class SessionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     max_audio_backlog_ms: PosInt = 4000  # mic audio held until ready (covers connect time)
     # --- connection --------------------------------------------------------------------------
     connect_timeout_s: PosFloat = 10.0  # WebSocket opening handshake timeout
-    handshake_timeout_s: PosFloat = 10.0  # socket open -> realtime.session.created, else retry
+    handshake_timeout_s: PosFloat = 10.0  # socket open -> realtime.session.updated, else retry
     ping_interval_s: NonNegFloat = 20.0  # WebSocket keepalive ping (0 = off)
     reconnect: bool = True  # reconnect after transient failures
     reconnect_initial_s: PosFloat = 0.5  # first backoff delay
