@@ -401,7 +401,9 @@ async def bench(minutes: float, every_s: float, ask_every_s: float, warmup_s: fl
     finally:
         await asyncio.to_thread(_stop_supervisor, sup)
         shutil.rmtree(d, ignore_errors=True)
-    rows = [summarize(r, s, len(pids[r]), warmup_s) for r, s in series.items() if len(s) >= 2]
+    order = ("supervisor", "zygote", "emulator", *SERVICES)
+    roles = sorted(series, key=lambda r: order.index(r) if r in order else len(order))
+    rows = [summarize(r, series[r], len(pids[r]), warmup_s) for r in roles if len(series[r]) >= 2]
     counts = Counter(guest.results[c] for c in guest.calls)
     stray = sum(n for c, n in guest.results.items() if c not in guest.calls)
     log_text = await asyncio.to_thread(log_path.read_text, errors="replace")
