@@ -313,7 +313,8 @@ def summarize(role: str, samples: list[dict[str, float]], n_pids: int, warmup_s:
               ) -> dict[str, Any]:  # fmt: skip
     t = np.array([s["t_s"] for s in samples])
     after = t >= warmup_s
-    if after.sum() < 3:  # a short run: the whole of it
+    short = bool(after.sum() < 3)
+    if short:  # a run shorter than the warm-up: slopes over all of it, nothing flagged
         after = np.ones_like(t, dtype=bool)
     row: dict[str, Any] = {"process": role, "pids": n_pids, "samples": len(samples)}
     for key, scale in (("rss_kb", 1024), ("pss_kb", 1024), ("fds", 1), ("threads", 1)):
@@ -330,7 +331,7 @@ def summarize(role: str, samples: list[dict[str, float]], n_pids: int, warmup_s:
     span = float(t[-1] - t[0])
     row["cpu_s"] = round(float(cpu[-1] - cpu[0]), 1)
     row["cpu_pct"] = round(100 * row["cpu_s"] / span, 1) if span > 0 else float("nan")
-    row["grows"] = bool(row["rss_pct_h"] > GROWTH_FLAG_PCT_PER_H)
+    row["grows"] = not short and bool(row["rss_pct_h"] > GROWTH_FLAG_PCT_PER_H)
     return row
 
 
@@ -362,6 +363,8 @@ def _log_counts(text: str) -> dict[str, int]:
         "died": text.count(" died ("),
         "session_lost": text.count("NavTalk session lost"),
         "conformance": text.count("! conformance:"),
+        "webrtc_local_offers": text.count("> webrtc.local.offer"),
+        "webrtc_failed": text.count("= webrtc failed"),
     }
 
 
