@@ -188,8 +188,10 @@ def test_response_create_while_active_gets_an_error_event() -> None:
     # before any frame of the greeting is out, the client cannot know: refused, not flagged
     out = b.receive_text(json.dumps({"type": "response.create"}), 1.1)
     assert kinds(out) == [] and sent(out)[0]["type"] == "realtime.error"
-    b.response_started(greeting.response_id)
-    out = b.receive_text(json.dumps({"type": "response.create"}), 1.2)
+    b.response_started(greeting.response_id, 1.2)
+    out = b.receive_text(json.dumps({"type": "response.create"}), 1.5)  # in flight: a race
+    assert kinds(out) == [] and sent(out)[0]["type"] == "realtime.error"
+    out = b.receive_text(json.dumps({"type": "response.create"}), 2.2)  # a second after
     assert kinds(out) == [ViolationKind.RESPONSE_WHILE_ACTIVE]
     (error,) = sent(out)
     assert error["type"] == "realtime.error"

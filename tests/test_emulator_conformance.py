@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from agent.emulator.brain import RACE_GRACE_S
 from agent.emulator.conformance import ViolationKind
 from agent.emulator.script import Script
 from agent.emulator.server import Emulator
@@ -170,6 +172,10 @@ async def test_response_create_while_active_gets_an_error_event() -> None:
     async with Emulator(settings(), script=script) as emu:
         async with connect(f"{emu.base_url}?license=abc&name=Leo") as ws:
             await until(ws, "realtime.response.audio_transcript.delta")  # greeting under way
+            seen_at = time.monotonic()
+            async with asyncio.timeout(TIMEOUT):  # the greeting's frames for over RACE_GRACE_S:
+                while time.monotonic() - seen_at <= RACE_GRACE_S:  # no race, a violation
+                    assert json.loads(await ws.recv())["type"] != "realtime.response.audio.done"
             await ws.send(json.dumps({"type": "response.create"}))
             seen = await until(ws, "realtime.error")
             error = seen[-1]

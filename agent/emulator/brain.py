@@ -59,6 +59,9 @@ from agent.emulator.vad import UtteranceRecorder, VadEvent, VoiceDetector
 __all__ = ["Brain", "Phase", "SessionStats"]  # SessionStats is re-exported (stats.py)
 
 logger = logging.getLogger(__name__)
+# A response.create that reaches us within this long of a response's first frame may have
+# left the client before that frame arrived: a race (refused, not flagged).
+RACE_GRACE_S = 1.0
 
 UPDATED_DELAY_S = 0.05  # session.created -> session.updated (the SDK sends history in between)
 OFFER_DEADLINE_S = 3.0  # a server offer unanswered this long is a violation
@@ -117,7 +120,7 @@ class Brain:
         self._unanswered: list[str] = []  # user text items since the last response.create
         self._calls: dict[str, _PendingTool] = {}
         self._active: list[str] = []  # response ids queued or in flight, oldest first
-        self._seen: set[str] = set()  # active responses whose first frame the client has
+        self._seen: dict[str, float] = {}  # active response -> when its first frame went out
         self._catalog: str | None = None  # the declared tools, canonical JSON
         self._offer_pending = False
         self._recorder = UtteranceRecorder()
@@ -257,16 +260,16 @@ class Brain:
         self._timers.append((now + self.offer_deadline_s, _Timer.OFFER_DEADLINE))
         return []
 
-    def response_started(self, response_id: str) -> None:
-        """The first frame of ``response_id`` is out: the client can know it is active."""
+    def response_started(self, response_id: str, now: float) -> None:
+        """A frame of ``response_id`` is out: a round trip later the client knows."""
         if response_id in self._active:
-            self._seen.add(response_id)
+            self._seen.setdefault(response_id, now)
 
     def response_done(self, response_id: str, now: float) -> list[Output]:
         """Response ``response_id`` has been sent completely (or was cancelled)."""
         if response_id in self._active:
             self._active.remove(response_id)
-        self._seen.discard(response_id)
+        self._seen.pop(response_id, None)
         return []
 
     def recognized(self, utterance_id: int, line: str | None, now: float) -> list[Output]:
@@ -459,7 +462,7 @@ class Brain:
         active = self._active[0]
         self.stats.errors_sent.append(ACTIVE_RESPONSE_CODE)
         error = Send(active_response_error(active, self._id("event")))
-        if not self._seen.intersection(self._active):
+        if not any(now - self._seen.get(r, now) >= RACE_GRACE_S for r in self._active):
             # No frame of it has reached the client: a race it could not avoid (the greeting
             # starting as the guest types). Refused as the service would, not a violation.
             logger.info("= emulator: response.create raced response %s: refused", active)

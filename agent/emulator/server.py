@@ -109,11 +109,10 @@ class Emulator:
         return self.settings.strict_fail and bool(self.violations)
 
     async def start(self) -> int:
-        if self.settings.webrtc:
-            from agent.video.peer import is_loopback, restrict_ice_host
+        from agent.video.peer import is_loopback, restrict_ice_host
 
-            if is_loopback(self.settings.host):
-                restrict_ice_host("127.0.0.1")  # ICE host candidates on loopback only
+        if is_loopback(self.settings.host):  # with or without offers of its own: a client's
+            restrict_ice_host("127.0.0.1")  # offer is answered with loopback candidates only
         ctx = None
         if self.settings.tls:
             from agent.emulator.tls import server_context

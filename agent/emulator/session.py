@@ -258,7 +258,7 @@ class Session:
             if i == len(item.frames) - 1:
                 await self.execute(self.brain.response_done(item.response_id, _now()))
             await self.send(frame)
-            self.brain.response_started(item.response_id)
+            self.brain.response_started(item.response_id, _now())
 
     async def _speak(self, response: Respond) -> None:
         pcm = await self.emu.tts.synthesize(response.text)
@@ -278,7 +278,7 @@ class Session:
             if i == len(frames) - 1:
                 await self.execute(self.brain.response_done(response.response_id, _now()))
             await self.send(frame)
-            self.brain.response_started(response.response_id)
+            self.brain.response_started(response.response_id, _now())
 
     async def _cancel_responses(self) -> None:
         while not self._responses.empty():
