@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -225,7 +226,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from agent.runtime import serve
 
         preflight.check(settings, [args.name])
-        return asyncio.run(serve(args.name, settings))
+        code = asyncio.run(serve(args.name, settings))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopped: a late SIGTERM is moot
+        return code
     if cmd == "proxy":
         from agent.supervisor import run_proxy_forever
 

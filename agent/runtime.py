@@ -103,6 +103,10 @@ async def _wait_shutdown(bus: Bus) -> str:
     return "bus closed"
 
 
+def _ignore() -> None:
+    """A signal's callback that does nothing."""
+
+
 def _stack(task: asyncio.Task[Any]) -> str:
     out = io.StringIO()
     task.print_stack(file=out)
@@ -188,11 +192,12 @@ async def serve(name: str, settings: Settings, main: ServiceMain | None = None) 
                 code = 1
         await bus.close()
         await control.close()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
         # Stopping already: one more SIGTERM (a supervisor and systemd may both send one, or a
         # control.shutdown and a signal cross) must not turn this clean exit into "killed".
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Swapping the callback never passes through the default action (removing the
+        # handler would); the caller ignores SIGTERM once the loop is closed.
+        loop.add_signal_handler(signal.SIGTERM, _ignore)
+        loop.remove_signal_handler(signal.SIGINT)
         if pending:
             # A task that ignores cancellation would hang asyncio.run() too: say where it is
             # stuck, then leave at once so the supervisor's stop stays bounded.
