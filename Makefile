@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml examples/reception-tools/pyproject.toml $(LOCK)
 	@touch $@
 
 demo: setup
-	scripts/with-virtual-devices.sh $(PY) -m agent.demo $(DEMO_ARGS)
+	scripts/with-virtual-devices.sh $(PY) -m agent.apps.demo $(DEMO_ARGS)
 
 test: setup
 	scripts/with-virtual-devices.sh $(PY) -m pytest $(PYTEST_ARGS)

@@ -109,7 +109,7 @@ class SupervisorSettings(_Section, frozen=True, kw_only=True):
     # exit 1, so that systemd (Restart=on-failure) restarts the agent. 0 = never.
     down_limit_s: Annotated[float, msgspec.Meta(ge=0)] = 300.0
     stop_timeout_s: PositiveFloat = 6.0  # SIGTERM -> SIGKILL grace on shutdown
-    # Fork services from a process that imported them already (agent.zygote): restarts in
+    # Fork services from a process that imported them already (agent.apps.zygote): restarts in
     # ~0.2 s instead of seconds of imports. false: every child is a new interpreter.
     zygote: bool = True
     # Pin processes to CPU cores, e.g. { mic = [0], display = [1] }. Empty: no pinning.

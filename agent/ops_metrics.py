@@ -117,7 +117,7 @@ class SessionWish:
 
 
 class ChildView(Protocol):
-    """What the exporter reads of a supervised process (agent.supervisor.Child)."""
+    """What the exporter reads of a supervised process (agent.apps.supervisor.Child)."""
 
     name: str
     heartbeats: bool

@@ -3,7 +3,7 @@
 Declared once, here; the bus refuses to publish a message on a topic that does
 not carry its type. Who reads and writes a topic is declared by each party next
 to its code, as a :class:`ServiceTopics` (``services/<name>.py`` ``TOPICS``,
-``agent.runtime.RUNTIME_TOPICS``, ``agent.supervisor.SUPERVISOR_TOPICS``, and
+``agent.runtime.RUNTIME_TOPICS``, ``agent.apps.supervisor.SUPERVISOR_TOPICS``, and
 :data:`EXTERNAL_TOPICS` here for integrators). A service subscribes with
 ``bus.declare(TOPICS)``, which subscribes to its reads and refuses a publish
 outside its writes, so a declaration cannot drift from what the service does;

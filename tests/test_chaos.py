@@ -185,7 +185,7 @@ async def test_every_service_sigkilled_mid_conversation(tmp_path: Path) -> None:
                 assert "It is" in answer, answer
             # the zygote that forks the services: they all die with it, all come back
             spawned.update(descendants_of(proc.pid))
-            zygote = [p for p in children_of(proc.pid) if "agent.zygote" in cmdline_of(p)]
+            zygote = [p for p in children_of(proc.pid) if "agent.apps.zygote" in cmdline_of(p)]
             assert len(zygote) == 1
             before = dict(agent.pid)
             t0 = time.monotonic()

@@ -16,8 +16,9 @@ import msgspec
 import pytest
 
 from agent import topics
+from agent.apps.console import Link
+from agent.apps.recording import read_recording, record, record_prefixes, replay
 from agent.config import BusSettings, default_settings
-from agent.console import Link
 from agent.emulator.brain import Script
 from agent.emulator.server import Emulator
 from agent.messages import (
@@ -28,7 +29,6 @@ from agent.messages import (
     UserTranscript,
 )
 from agent.navtalk.settings import EmulatorSettings, NavTalkSettings, SessionSettings
-from agent.recording import read_recording, record, record_prefixes, replay
 from services import session as session_service
 from tests.conftest import running_service
 from tests.supervisor_helpers import ROOT, bus_toml

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from agent.demo import GUEST_TIMELINE, ROOT, View, script_lines
+from agent.apps.demo import GUEST_TIMELINE, ROOT, View, script_lines
 from agent.messages import SessionPhase, SessionState, ToolCall, UserTranscript
 
 

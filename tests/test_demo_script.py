@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.demo import ANSWER_ALLOWANCE_S, LEAD_IN_S, paced_starts, write_guest_wav
+from agent.apps.demo import ANSWER_ALLOWANCE_S, LEAD_IN_S, paced_starts, write_guest_wav
 
 
 def test_paced_starts_leave_room_for_each_answer() -> None:

@@ -63,7 +63,7 @@ class _Proc:
 
 
 @dataclass
-class _ChildRow:  # the fields of agent.supervisor.Child the exporter reads
+class _ChildRow:  # the fields of agent.apps.supervisor.Child the exporter reads
     name: str
     heartbeats: bool
     restarts: int

@@ -1,12 +1,12 @@
-"""agent/preflight.py: what is checked before start, each problem named in one line."""
+"""agent/apps/preflight.py: what is checked before start, each problem named in one line."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
 
+from agent.apps.preflight import problems, services_to_run
 from agent.config import loads
-from agent.preflight import problems, services_to_run
 
 LICENSED = {"NAVTALK_LICENSE": "x", "DISPLAY": ":0"}
 

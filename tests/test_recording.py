@@ -15,10 +15,10 @@ import pytest
 from mcap.reader import make_reader
 
 from agent import topics
+from agent.apps.console import Link
+from agent.apps.recording import FORMAT, Entry, read_recording, record, record_prefixes
 from agent.config import BusSettings, Settings
-from agent.console import Link
 from agent.messages import AudioFrame, Message, OtherEvent, TextInput, ToolCall
-from agent.recording import FORMAT, Entry, read_recording, record, record_prefixes
 from tests.conftest import MakeBus
 from tests.supervisor_helpers import ROOT, bus_toml
 
@@ -154,8 +154,8 @@ async def test_record_replay_roundtrip(
 
 def test_file_is_foxglove_ready(short_tmp: Path) -> None:
     """MCAP with json messages and a jsonschema per message class, and our metadata."""
+    from agent.apps.recording import McapBusWriter
     from agent.bus import Delivery
-    from agent.recording import McapBusWriter
 
     path = short_tmp / "f.mcap"
     with open(path, "wb") as f:

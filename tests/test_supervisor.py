@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.apps.supervisor import RestartPolicy
 from agent.bus import Bus
 from agent.messages import Heartbeat
-from agent.supervisor import RestartPolicy
 from tests.conftest import free_port
 from tests.supervisor_helpers import (
     alive,
@@ -295,7 +295,7 @@ async def test_only_the_session_gets_the_license_and_embedded_port_0_is_resolved
                                 if isinstance(d.msg, ToolResult) and d.msg.call_id == "env":
                                     answer = d.msg
         assert "Invalid license" in state.detail, "the session used the license it was given"
-        zygotes = [p for p in children_of(proc.pid) if "agent.zygote" in cmdline_of(p)]
+        zygotes = [p for p in children_of(proc.pid) if "agent.apps.zygote" in cmdline_of(p)]
         others = [p for p in descendants_of(proc.pid) if p not in pids.values()]
         emulator = [p for p in others if p not in zygotes]
         assert len(emulator) == 1 and len(zygotes) == (1 if zygote else 0), others

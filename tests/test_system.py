@@ -1,6 +1,6 @@
 """The whole machine: the demo's conversation (shorter), every process, the embedded emulator.
 
-Runs ``agent.demo.run_demo`` exactly as ``make demo`` does (the supervisor as a
+Runs ``agent.apps.demo.run_demo`` exactly as ``make demo`` does (the supervisor as a
 subprocess, the emulator as its child, the guest as a WAV played in real time)
 and asserts on what comes out: the stored conversation, the speaker's WAV, the
 avatar's MP4, the exit codes, the process table and the logs.
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.demo import run_demo
+from agent.apps.demo import run_demo
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.install import executable, render_unit
+from agent.apps.install import executable, render_unit
 from agent.resources import data_file
 
 ROOT = Path(__file__).resolve().parent.parent

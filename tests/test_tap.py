@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 from agent import topics
+from agent.apps.tap import TapPrinter
 from agent.bus import Bus
 from agent.config import BusSettings
 from agent.messages import AudioFrame, Envelope, OtherEvent, ToolCall, encode_envelope
-from agent.tap import TapPrinter
 from tests.supervisor_helpers import ROOT, bus_toml
 
 LICENSE = "LIC-tap-secret-123456"

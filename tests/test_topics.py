@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import messages, runtime, supervisor, topics
+from agent import messages, runtime, topics
+from agent.apps import supervisor
 from agent.errors import BusError
 from agent.messages import Heartbeat, Metrics, ToolResult
 from tests.conftest import MakeBus
@@ -58,7 +59,7 @@ def test_services_subscribe_only_through_their_declaration() -> None:
     for path in [
         *sorted((ROOT / "services").glob("*.py")),
         ROOT / "agent/runtime.py",
-        ROOT / "agent/supervisor.py",
+        ROOT / "agent/apps/supervisor.py",
     ]:
         source = path.read_text()
         if path.name == "__init__.py":

@@ -42,15 +42,15 @@ from typing import Any, Protocol
 import msgspec
 
 from agent import ops_metrics, systemd, topics
+from agent.apps.preflight import services_to_run
+from agent.apps.zygote import Zygote
 from agent.bus import Bus, Proxy
 from agent.config import Settings, SupervisorSettings
 from agent.errors import SupervisorError
 from agent.lifeline import PARENT_ENV
 from agent.messages import HealthStatus, Heartbeat, Shutdown
 from agent.navtalk.settings import LICENSE_ENV
-from agent.preflight import services_to_run
 from agent.runtime import heartbeat_loop
-from agent.zygote import Zygote
 
 log = logging.getLogger(__name__)
 

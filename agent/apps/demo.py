@@ -58,7 +58,7 @@ from agent.messages import (
 from agent.resources import packaged_path_overrides, profile_path
 from agent.topics import Plane
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHECKOUT = (ROOT / "pyproject.toml").is_file()  # else an installed wheel (site-packages)
 # config/emulator.toml: the checkout's, or the copy shipped in the package (agent.resources)
 DEFAULT_CONFIG = ROOT / "config" / "emulator.toml" if CHECKOUT else profile_path("emulator")
@@ -378,7 +378,7 @@ async def run_demo(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m agent.demo", description="The offline demo against the local emulator."
+        prog="python -m agent.apps.demo", description="The offline demo against the local emulator."
     )
     out = ROOT / "out" if CHECKOUT else Path("out")  # never into site-packages
     parser.add_argument("--out", type=Path, default=out, help="output directory")

@@ -13,7 +13,7 @@
     navtalk-agent config check FILE | show [--config FILE]
     navtalk-agent install systemd [--user] [--profile kiosk|robot] [--dry-run] [--prefix DIR]
     navtalk-agent gateway | keys | record | replay | topics | say | session | tools | status
-                                                       operating from afar: see agent.ops_cli
+                                                       operating from afar: see agent.apps.ops_cli
 
 Exit codes: 0 ok, 1 failure, 2 usage or configuration error.
 """
@@ -32,13 +32,14 @@ from pathlib import Path
 
 import msgspec
 
-from agent import __version__, ops_cli, topics
+from agent import __version__, topics
+from agent.apps import ops_cli
 from agent.config import Settings, load
 from agent.errors import ConfigError, NavtalkAgentError
 from agent.lifeline import die_with_parent
 from agent.logs import setup_logging
 
-log = logging.getLogger("agent.cli")
+log = logging.getLogger("agent.apps.cli")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
 
     p = sub.add_parser("install", help="install the systemd unit, profile and license file")
-    from agent.install import add_cli_arguments as add_install_arguments
+    from agent.apps.install import add_cli_arguments as add_install_arguments
 
     add_install_arguments(p)
 
@@ -171,7 +172,7 @@ def _one_line(exc: BaseException) -> str:
 def _dispatch(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "install":
-        from agent.install import main as install_main
+        from agent.apps.install import main as install_main
 
         return install_main(args)
     if cmd == "devices":
@@ -184,13 +185,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.action == "show":
             print(msgspec.json.format(msgspec.json.encode(settings)).decode())
         else:
-            from agent import preflight
+            from agent.apps import preflight
 
             preflight.check(settings, [*preflight.services_to_run(settings), "supervisor"])
             print(f"{settings.source or 'defaults'}: ok")
         return 0
     if cmd == "tap":
-        from agent.tap import run_tap
+        from agent.apps.tap import run_tap
 
         for endpoint in args.endpoint or ():
             if not _ENDPOINT.fullmatch(endpoint):
@@ -213,8 +214,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     process = {"service": getattr(args, "name", ""), "run": "supervisor"}.get(cmd, cmd)
     setup_logging(settings.log, process, verbose=args.verbose)
     if cmd == "run":
-        from agent import preflight
-        from agent.supervisor import Supervisor
+        from agent.apps import preflight
+        from agent.apps.supervisor import Supervisor
 
         sup = Supervisor(
             settings, config_path=args.config, overrides=args.overrides, only=args.only
@@ -222,7 +223,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         preflight.check(sup.settings, [*sup.children, "supervisor"])
         return asyncio.run(sup.run())
     if cmd == "service":
-        from agent import preflight
+        from agent.apps import preflight
         from agent.runtime import serve
 
         preflight.check(settings, [args.name])
@@ -230,7 +231,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopped: a late SIGTERM is moot
         return code
     if cmd == "proxy":
-        from agent.supervisor import run_proxy_forever
+        from agent.apps.supervisor import run_proxy_forever
 
         run_proxy_forever(settings)
         return 0
@@ -262,7 +263,7 @@ _ENDPOINT = re.compile(r"(ipc://.+|tcp://[^:/]+:\d{1,5}|inproc://.+)")
 
 def _emulator(args: argparse.Namespace, settings: Settings) -> int:
     """``navtalk-agent emulator``: its flags are checked like the config (one line, exit 2)."""
-    from agent import preflight
+    from agent.apps import preflight
     from agent.emulator import cli as emulator_cli_mod
 
     if args.port is not None:

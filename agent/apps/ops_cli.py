@@ -1,4 +1,4 @@
-"""The operator's subcommands of ``navtalk-agent`` (registered by :mod:`agent.cli`)::
+"""The operator's subcommands of ``navtalk-agent`` (registered by :mod:`agent.apps.cli`)::
 
     navtalk-agent gateway                                   the CurveZMQ remote gateway alone
     navtalk-agent keys generate NAME [--dir D] | list [--dir D]
@@ -128,7 +128,7 @@ def client_keys(args: argparse.Namespace) -> Any:
 def _remote_target(args: argparse.Namespace, settings: Settings) -> Any:
     if not getattr(args, "remote", None):
         return None
-    from agent.console import RemoteTarget
+    from agent.apps.console import RemoteTarget
 
     keys = client_keys(args)
     if keys is None:
@@ -151,11 +151,11 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if cmd == "keys":
         return _keys(args, settings)
     if cmd == "replay":
-        from agent.recording import replay
+        from agent.apps.recording import replay
 
         return asyncio.run(replay(settings, args.path, speed=args.speed, only=args.topics, out=out))
     if cmd == "topics":
-        from agent.topic_stats import topics_command
+        from agent.apps.topic_stats import topics_command
 
         keys = client_keys(args)
         if args.remote:
@@ -173,11 +173,11 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _console(cmd: str, args: argparse.Namespace, settings: Settings, remote: Any) -> int:
-    from agent import console
+    from agent.apps import console
 
     out = sys.stdout
     if cmd == "record":
-        from agent.recording import record, record_prefixes
+        from agent.apps.recording import record, record_prefixes
 
         prefixes = record_prefixes(args.prefixes, args.media)
         # a deep media queue: the recorder writes between reads, and must not drop audio

@@ -239,7 +239,7 @@ async def record(
     started: asyncio.Event | None = None,
     out: TextIO | None = None,
 ) -> int:
-    """Record what ``link`` (an open :class:`agent.console.Link`) receives into ``path``
+    """Record what ``link`` (an open :class:`agent.apps.console.Link`) receives into ``path``
     until ``count`` messages, ``duration_s``, or cancellation; the file is finished in
     every case."""
     # The recorder's only job is this file: writing from the loop is fine (1 MB chunks).

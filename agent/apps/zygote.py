@@ -2,9 +2,9 @@
 
 A service's restart is mostly the new interpreter importing numpy, OpenCV, PyAV, aiortc
 and our own modules (0.3-1 s each, several seconds on a loaded 2-core board). The
-zygote is started once by the supervisor (``python -m agent.zygote``, exec'd: it shares
+zygote is started once by the supervisor (``python -m agent.apps.zygote``, exec'd: it shares
 nothing with the supervisor's threads), imports every service module, and then forks a
-child per request; the child runs ``navtalk-agent ARGV`` (:func:`agent.cli.main`) with its
+child per request; the child runs ``navtalk-agent ARGV`` (:func:`agent.apps.cli.main`) with its
 own environment, as multiprocessing's ``forkserver`` does::
 
     supervisor ──request (argv, env[, secret fd])──▶ zygote ──fork──▶ child: cli.main(argv)
@@ -54,9 +54,9 @@ log = logging.getLogger(__name__)
 
 # Imported once by the zygote. Not sounddevice (see the module doc).
 PRELOAD = (
-    "agent.cli",
+    "agent.apps.cli",
     "agent.runtime",
-    "agent.preflight",
+    "agent.apps.preflight",
     "services.tools",
     "services.speaker",
     "services.mic",
@@ -114,7 +114,7 @@ def _run_child(
         argv = [str(a) for a in req["argv"]]
         _set_name(f"nt-{argv[1] if argv[:1] == ['service'] and len(argv) > 1 else argv[0]}")
         sys.argv = ["navtalk-agent", *argv]
-        from agent.cli import main
+        from agent.apps.cli import main
 
         code = main(argv)
     except SystemExit as exc:
@@ -278,7 +278,7 @@ class Zygote:
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._proc = await asyncio.create_subprocess_exec(
-                self._python, "-m", "agent.zygote", str(theirs.fileno()), *self._tag,
+                self._python, "-m", "agent.apps.zygote", str(theirs.fileno()), *self._tag,
                 env=self._env, pass_fds=(theirs.fileno(),),
             )  # fmt: skip
         except OSError as exc:
