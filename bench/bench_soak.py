@@ -187,7 +187,7 @@ def processes(sup_pid: int, service_pid: dict[str, int], spawned: dict[str, int]
     """Role -> pid: the supervisor, the zygote, the emulator, every service."""
     out = {"supervisor": sup_pid}
     for child in _children_of(sup_pid):
-        if any("agent.zygote" in a for a in _cmdline(child)):
+        if any("agent.apps.zygote" in a for a in _cmdline(child)):
             out["zygote"] = child
     if "emulator" in spawned:
         out["emulator"] = spawned["emulator"]
