@@ -1,0 +1,124 @@
+"""The face start trigger end to end: the camera service with a file camera (a real
+photograph of a face: scikit-image's astronaut, or an empty scene), the session service
+on the real bus, the emulator as NavTalk over loopback; checked at the emulator."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import cv2
+import msgspec
+import numpy as np
+import pytest
+
+from agent.bus import Bus
+from agent.config import BusSettings, Settings
+from agent.emulator.script import Script
+from agent.emulator.server import Emulator
+from agent.messages import FaceEvent, SessionState
+from agent.navtalk.settings import EmulatorSettings
+from agent.video.settings import CameraSettings
+from services import camera as camera_service
+from services import session as session_service
+from tests.conftest import running_service
+from tests.test_session_e2e import FIXTURES, LICENSE, TIMEOUT, Recorder, make_settings
+from tests.test_session_e2e import rec as _rec
+
+skimage_data = pytest.importorskip("skimage.data")
+
+pytestmark = pytest.mark.e2e
+
+ABSENCE_S = 3.0  # an empty scene: no session within this long
+
+
+@pytest.fixture
+async def emulator() -> Any:
+    emu = Emulator(
+        EmulatorSettings(port=0, pace=4.0), script=Script.load(FIXTURES / "visit_script.toml")
+    )
+    await emu.start()
+    yield emu
+    await emu.close()
+
+
+rec = _rec  # the fixture: every bus message, and no license in any of them nor in the log
+
+
+def scene(tmp: Path, face: bool) -> Path:
+    if face:
+        image = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
+    else:
+        image = np.full((512, 512, 3), 140, dtype=np.uint8)  # an empty wall
+    path = tmp / ("astronaut.png" if face else "wall.png")
+    assert cv2.imwrite(str(path), image)
+    return path
+
+
+def kiosk(bus: BusSettings, emu: Emulator, tmp: Path, image: Path) -> Settings:
+    s = make_settings(
+        bus, emu, tmp, catalog_wait_ms=0, declare_tools=False, start_triggers=("face", "button")
+    )
+    cam = CameraSettings(
+        enabled=True, backend="image", path=str(image), min_face_px=60, frames_needed=2,
+        rate_hz=10.0,
+    )  # fmt: skip
+    return msgspec.structs.replace(s, camera=cam)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> Any:
+    async with (
+        running_service("session", session_service.run, settings, license=LICENSE),
+        running_service("camera", camera_service.run, settings),
+    ):
+        yield
+
+
+def visit_is(phase: str) -> Any:
+    return lambda d: isinstance(d.msg, SessionState) and d.msg.visit == phase
+
+
+async def test_a_face_opens_a_session(
+    emulator: Emulator, bus_settings: BusSettings, tmp_path: Path, rec: Recorder
+) -> None:
+    async with running(kiosk(bus_settings, emulator, tmp_path, scene(tmp_path, face=True))):
+        seen = await rec.wait_for(lambda d: isinstance(d.msg, FaceEvent))
+        assert isinstance(seen.msg, FaceEvent) and seen.msg.seen
+        assert 80 <= seen.msg.width_px <= 130 and seen.msg.faces == 1
+        opened = await emulator.wait_sessions(1, TIMEOUT)
+        assert opened.index == 1
+        starting = await rec.wait_for(visit_is("starting"))
+        assert isinstance(starting.msg, SessionState)
+        assert starting.msg.visit_detail == "visit 1 (face)"
+        await rec.wait_for(visit_is("engaged"))
+        # the camera pauses during the visit: no second session, no "lost" while engaged
+        assert len(emulator.sessions) == 1
+
+
+async def test_an_empty_scene_opens_nothing(
+    emulator: Emulator, bus_settings: BusSettings, tmp_path: Path, rec: Recorder
+) -> None:
+    async with running(kiosk(bus_settings, emulator, tmp_path, scene(tmp_path, face=False))):
+        await rec.wait_for(visit_is("idle"))
+        with pytest.raises(TimeoutError):  # an absence: a bounded wait for what must not come
+            await emulator.wait_sessions(1, ABSENCE_S)
+        assert emulator.sessions == []
+        assert not [d for d in rec.seen if isinstance(d.msg, FaceEvent)]
+        assert not [d for d in rec.seen if visit_is("starting")(d)]
+
+
+async def test_camera_without_a_backend_is_a_config_error(bus_settings: BusSettings) -> None:
+    from agent.config import default_settings
+    from agent.errors import ConfigError
+
+    s = msgspec.structs.replace(
+        default_settings(), bus=bus_settings, camera=CameraSettings(enabled=True)
+    )
+    bus = Bus(bus_settings, "camera")
+    try:
+        with pytest.raises(ConfigError):
+            await camera_service.run(s, bus)
+    finally:
+        await bus.close()
