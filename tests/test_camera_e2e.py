@@ -4,6 +4,7 @@ on the real bus, the emulator as NavTalk over loopback; checked at the emulator.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from agent.emulator.server import Emulator
 from agent.messages import FaceEvent, SessionState
 from agent.navtalk.settings import EmulatorSettings
 from agent.video.settings import CameraSettings
+from hardware.camera import Camera, Image
 from services import camera as camera_service
 from services import session as session_service
 from tests.conftest import running_service
@@ -31,6 +33,8 @@ skimage_data = pytest.importorskip("skimage.data")
 pytestmark = pytest.mark.e2e
 
 ABSENCE_S = 3.0  # an empty scene: no session within this long
+WRAPUP = "The visit is over: say a short, polite goodbye to the guest."
+GOODBYE = "Thank you for visiting. Goodbye!"
 
 
 @pytest.fixture
@@ -46,20 +50,41 @@ async def emulator() -> Any:
 rec = _rec  # the fixture: every bus message, and no license in any of them nor in the log
 
 
-def scene(tmp: Path, face: bool) -> Path:
+def picture(face: bool) -> Image:
     if face:
-        image = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
-    else:
-        image = np.full((512, 512, 3), 140, dtype=np.uint8)  # an empty wall
+        return np.asarray(cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR), np.uint8)
+    return np.full((512, 512, 3), 140, dtype=np.uint8)  # an empty wall
+
+
+class SceneCamera(Camera):
+    """A camera in front of which the test puts a guest or nobody (a file camera whose
+    picture can change)."""
+
+    def __init__(self, face: bool) -> None:
+        self.frame = picture(face)
+        self.reads = 0
+
+    def show(self, face: bool) -> None:
+        self.frame = picture(face)
+
+    def read(self) -> Image:
+        self.reads += 1
+        return self.frame.copy()
+
+    def close(self) -> None:
+        pass
+
+
+def scene(tmp: Path, face: bool) -> Path:
+    image = picture(face)
     path = tmp / ("astronaut.png" if face else "wall.png")
     assert cv2.imwrite(str(path), image)
     return path
 
 
-def kiosk(bus: BusSettings, emu: Emulator, tmp: Path, image: Path) -> Settings:
-    s = make_settings(
-        bus, emu, tmp, catalog_wait_ms=0, declare_tools=False, start_triggers=("face", "button")
-    )
+def kiosk(bus: BusSettings, emu: Emulator, tmp: Path, image: Path, **session: Any) -> Settings:
+    session = {"start_triggers": ("face", "button"), **session}
+    s = make_settings(bus, emu, tmp, catalog_wait_ms=0, declare_tools=False, **session)
     cam = CameraSettings(
         enabled=True, backend="image", path=str(image), min_face_px=60, frames_needed=2,
         rate_hz=10.0,
@@ -68,10 +93,10 @@ def kiosk(bus: BusSettings, emu: Emulator, tmp: Path, image: Path) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> Any:
+async def running(settings: Settings, camera: Camera | None = None) -> Any:
     async with (
         running_service("session", session_service.run, settings, license=LICENSE),
-        running_service("camera", camera_service.run, settings),
+        running_service("camera", camera_service.run, settings, camera=camera),
     ):
         yield
 
@@ -89,6 +114,8 @@ async def test_a_face_opens_a_session(
         assert 80 <= seen.msg.width_px <= 130 and seen.msg.faces == 1
         opened = await emulator.wait_sessions(1, TIMEOUT)
         assert opened.index == 1
+        took_s = opened.opened_mono - seen.msg.at_mono_ns / 1e9  # the face decided -> socket
+        assert 0 < took_s < 2.0, f"the session opened {took_s:.2f} s after the face was seen"
         starting = await rec.wait_for(visit_is("starting"))
         assert isinstance(starting.msg, SessionState)
         assert starting.msg.visit_detail == "visit 1 (face)"
@@ -107,6 +134,32 @@ async def test_an_empty_scene_opens_nothing(
         assert emulator.sessions == []
         assert not [d for d in rec.seen if isinstance(d.msg, FaceEvent)]
         assert not [d for d in rec.seen if visit_is("starting")(d)]
+
+
+async def test_the_guest_leaving_ends_the_visit_with_a_goodbye(
+    emulator: Emulator, bus_settings: BusSettings, tmp_path: Path, rec: Recorder
+) -> None:
+    settings = kiosk(
+        bus_settings, emulator, tmp_path, scene(tmp_path, face=True),
+        face_gone_s=0.5, wrapup_text=WRAPUP,
+    )  # fmt: skip
+    cam = SceneCamera(face=True)
+    async with running(settings, cam):
+        s = await emulator.wait_sessions(1, TIMEOUT)
+        await rec.wait_for(visit_is("engaged"))
+        mark = len(rec.seen)
+        cam.show(face=False)  # the guest walks away
+        lost = await rec.wait_for(lambda d: isinstance(d.msg, FaceEvent), after=mark)
+        assert isinstance(lost.msg, FaceEvent) and not lost.msg.seen
+        await asyncio.wait_for(s.closed.wait(), TIMEOUT)
+        assert s.stats.history == [WRAPUP]  # the wrap-up was asked for...
+        assert s.stats.replies == [GOODBYE]  # ...and said before the close
+        closing = await rec.wait_for(visit_is("closing"), after=mark)
+        assert (
+            isinstance(closing.msg, SessionState) and closing.msg.visit_detail == "the guest left"
+        )
+        await rec.wait_for(visit_is("idle"), after=rec.seen.index(closing))
+        assert len(emulator.sessions) == 1
 
 
 async def test_camera_without_a_backend_is_a_config_error(bus_settings: BusSettings) -> None:

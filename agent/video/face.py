@@ -9,7 +9,8 @@
 
 :class:`FaceDetector` runs OpenCV's frontal-face Haar cascade, shipped in the
 opencv-python wheel (``cv2.data.haarcascades``): nothing is downloaded. A frame is
-scaled down to ``max_width`` first (the cascade's cost grows with the pixels).
+scaled down first (to ``max_width``, and so that the smallest wanted face is about
+:data:`SEARCH_MIN_PX` wide): the cascade's cost grows with the pixels.
 
 :class:`FacePresence` is the decision, without I/O or clock reads: a face of the minimum
 size in ``frames_needed`` consecutive frames is "seen"; after that, no such face in
@@ -33,6 +34,7 @@ __all__ = ["CASCADE", "Change", "FaceDetector", "FacePresence"]
 Image = npt.NDArray[np.uint8]
 
 CASCADE = "haarcascade_frontalface_default.xml"
+SEARCH_MIN_PX = 40  # the smallest wanted face is searched at about this size (the cascade: 24)
 
 
 class FaceDetector:
@@ -51,13 +53,14 @@ class FaceDetector:
         if frame.ndim not in (2, 3) or frame.shape[0] < 16 or frame.shape[1] < 16:
             return []
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        scale = 1.0
-        if gray.shape[1] > self.max_width:
-            scale = self.max_width / gray.shape[1]
-            size = (self.max_width, max(1, round(gray.shape[0] * scale)))
+        # the cascade's cost grows with the pixels and the scales searched: look at a frame
+        # no wider than max_width, where the smallest wanted face is about SEARCH_MIN_PX
+        scale = min(1.0, self.max_width / gray.shape[1], SEARCH_MIN_PX / self.min_face_px)
+        if scale < 1.0:
+            size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         gray = cv2.equalizeHist(gray)
-        min_px = max(16, round(self.min_face_px * scale))
+        min_px = max(24, round(self.min_face_px * scale))
         boxes = self._cascade.detectMultiScale(
             gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_px, min_px)
         )
