@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,12 @@ import msgspec
 import numpy as np
 import pytest
 
+from agent import topics
 from agent.bus import Bus
 from agent.config import BusSettings, Settings
 from agent.emulator.script import Script
 from agent.emulator.server import Emulator
-from agent.messages import FaceEvent, SessionState
+from agent.messages import FaceEvent, SessionControl, SessionState
 from agent.navtalk.settings import EmulatorSettings
 from agent.video.settings import CameraSettings
 from hardware.camera import Camera, Image
@@ -63,13 +65,27 @@ class SceneCamera(Camera):
     def __init__(self, face: bool) -> None:
         self.frame = picture(face)
         self.reads = 0
+        self._read = threading.Condition()
 
     def show(self, face: bool) -> None:
         self.frame = picture(face)
 
-    def read(self) -> Image:
-        self.reads += 1
+    def read(self) -> Image:  # the camera service's worker thread
+        with self._read:
+            self.reads += 1
+            self._read.notify_all()
         return self.frame.copy()
+
+    async def looked(self, frames: int) -> None:
+        """Wait until the camera service has read ``frames`` more frames."""
+        with self._read:
+            target = self.reads + frames
+
+        def wait() -> bool:
+            with self._read:
+                return self._read.wait_for(lambda: self.reads >= target, TIMEOUT)
+
+        assert await asyncio.to_thread(wait), f"the camera read {self.reads} of {target} frames"
 
     def close(self) -> None:
         pass
@@ -160,6 +176,29 @@ async def test_the_guest_leaving_ends_the_visit_with_a_goodbye(
         )
         await rec.wait_for(visit_is("idle"), after=rec.seen.index(closing))
         assert len(emulator.sessions) == 1
+
+
+async def test_the_guest_who_stays_does_not_reopen_the_next_guest_does(
+    emulator: Emulator, bus_settings: BusSettings, make_bus: Any, tmp_path: Path, rec: Recorder
+) -> None:
+    settings = kiosk(bus_settings, emulator, tmp_path, scene(tmp_path, face=True))
+    cam = SceneCamera(face=True)
+    button = await make_bus("gpio")
+    async with running(settings, cam):
+        a = await emulator.wait_sessions(1, TIMEOUT)
+        await rec.wait_for(visit_is("engaged"))
+        button.publish(topics.CONTROL_SESSION, SessionControl(action="end", reason="goodbye"))
+        await asyncio.wait_for(a.closed.wait(), TIMEOUT)
+        await rec.wait_for(visit_is("idle"), after=len(rec.seen) - 1)
+        await cam.looked(5)  # the camera looks again (idle), at the guest who stays
+        with pytest.raises(TimeoutError):  # an absence: a bounded wait (1 s)
+            await emulator.wait_sessions(2, 1.0)
+        cam.show(face=False)  # she leaves (frames_needed = 2 empty frames) ...
+        await cam.looked(3)
+        assert len(emulator.sessions) == 1
+        cam.show(face=True)  # ... and the next guest comes
+        b = await emulator.wait_sessions(2, TIMEOUT)
+        assert a.closed_mono is not None and a.closed_mono < b.opened_mono
 
 
 async def test_camera_without_a_backend_is_a_config_error(bus_settings: BusSettings) -> None:
