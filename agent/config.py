@@ -118,11 +118,12 @@ class SupervisorSettings(_Section, frozen=True, kw_only=True):
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
     metrics_host: str = "127.0.0.1"  # address of the metrics endpoint (keep it on loopback)
     # Order in which services start (each also needs its section's `enabled = true`).
-    services: tuple[Literal["tools", "speaker", "display", "mic", "session"], ...] = (
+    services: tuple[Literal["tools", "speaker", "display", "mic", "camera", "session"], ...] = (
         "tools",
         "speaker",
         "display",
         "mic",
+        "camera",
         "session",
     )
 

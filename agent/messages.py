@@ -374,6 +374,15 @@ class Metrics(Message, frozen=True, kw_only=True, tag=True):
     values: dict[str, float]
 
 
+class FaceEvent(Message, frozen=True, kw_only=True, tag=True):
+    """A guest's face came or went (``vision.face``), published by the camera on change."""
+
+    seen: bool  # true: a face of the minimum size for N frames; false: none for N frames
+    width_px: NonNegInt = 0  # the largest face's width when seen (0 when lost)
+    faces: NonNegInt = 0  # how many faces of the minimum size the deciding frame held
+    at_mono_ns: NonNegInt = 0  # when the deciding frame was read
+
+
 AnyMessage = (
     AudioFrame
     | VadState
@@ -404,6 +413,7 @@ AnyMessage = (
     | VideoStats
     | Heartbeat
     | Metrics
+    | FaceEvent
 )
 
 

@@ -39,10 +39,11 @@ SESSION = "session"
 SPEAKER = "speaker"
 DISPLAY = "display"
 TOOLS = "tools"
+CAMERA = "camera"
 SUPERVISOR = "supervisor"
 EXTERNAL = "external"
 
-SERVICES: tuple[str, ...] = (MIC, SESSION, SPEAKER, DISPLAY, TOOLS)
+SERVICES: tuple[str, ...] = (MIC, SESSION, SPEAKER, DISPLAY, TOOLS, CAMERA)
 ALL_PARTIES: frozenset[str] = frozenset((*SERVICES, SUPERVISOR, EXTERNAL))
 
 # Topic names, for code to import instead of spelling strings.
@@ -80,6 +81,7 @@ INPUT_TEXT = "input.text"
 INPUT_IMAGE = "input.image"
 SPEAKER_STATE = "speaker.state"
 VIDEO_STATS = "video.stats"
+VISION_FACE = "vision.face"
 HEALTH = "health.*"
 METRICS = "metrics.*"
 
@@ -149,6 +151,7 @@ TOPICS: dict[str, TopicSpec] = {
         _t(INPUT_IMAGE, m.ImageInput, _C, "image for the model"),
         _t(SPEAKER_STATE, m.SpeakerState, _C, "playing/idle"),
         _t(VIDEO_STATS, m.VideoStats, _C, "display counters"),
+        _t(VISION_FACE, m.FaceEvent, _C, "a face came or went (camera)"),
         _t(HEALTH, m.Heartbeat, _C, "heartbeats"),
         _t(METRICS, m.Metrics, _C, "counters and gauges"),
     )

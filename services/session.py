@@ -56,6 +56,7 @@ from agent.errors import (
 )
 from agent.messages import (
     AudioFrame,
+    FaceEvent,
     Heartbeat,
     IceCandidate,
     ImageInput,
@@ -530,6 +531,8 @@ class SessionService:
                 await self.visit.feed(pol.Command(msg.action, msg.reason, time.monotonic()))
             case VadState():
                 await self.visit.feed(pol.Vad(msg.speaking, time.monotonic()))
+            case FaceEvent():
+                await self.visit.feed(pol.Face(msg.seen, time.monotonic()))
             case Heartbeat() if msg.service == topics.TOOLS:
                 await self.relay.on_tools_heartbeat(msg.pid)
             case SpeakerState():
@@ -555,6 +558,7 @@ TOPICS = topics.ServiceTopics(
         topics.CONTROL_SESSION,
         topics.SPEAKER_STATE,
         topics.VAD_STATE,
+        topics.VISION_FACE,
     ),
     writes=(
         topics.NAVTALK_CONNECTION,

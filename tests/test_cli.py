@@ -32,7 +32,7 @@ def test_version_and_help() -> None:
     r = _cli("--help")
     for command in ("run", "service", "proxy", "tap", "emulator", "devices", "history", "config"):
         assert command in r.stdout
-    bad = _cli("service", "camera")
+    bad = _cli("service", "webcam")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 

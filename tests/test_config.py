@@ -69,8 +69,8 @@ def test_list_item_errors_point_into_the_list() -> None:
 
 
 def test_literal_choices_are_listed() -> None:
-    with pytest.raises(ConfigError, match=r"supervisor\.services\[0\] = 'camera'"):
-        loads('[supervisor]\nservices = ["camera"]\n')
+    with pytest.raises(ConfigError, match=r"supervisor\.services\[0\] = 'webcam'"):
+        loads('[supervisor]\nservices = ["webcam"]\n')
 
 
 def test_license_is_refused_in_files() -> None:

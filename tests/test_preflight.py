@@ -71,3 +71,14 @@ def test_only_the_services_that_run_are_checked() -> None:
     assert services_to_run(s, only=["session", "mic"]) == ["emulator", "session"]
     text = '[mic]\nenabled = false\nbackend = "file"\n'  # no wav_path: not a problem, off
     assert _problems(text, services_to_run(loads(text))) == []
+
+
+def test_the_face_trigger_needs_the_camera_service() -> None:
+    got = _problems('[session]\nstart_triggers = ["face"]\n', ["session"])
+    assert got == ['session.start_triggers has "face" but camera.enabled = false']
+    on = '[session]\nstart_triggers = ["face"]\n[camera]\nenabled = true\n'
+    assert _problems(on, ["session"]) == []
+    assert _problems(on, ["camera"]) == [
+        'camera.enabled = true needs camera.backend = "opencv" or "image"'
+    ]
+    assert _problems(on + 'backend = "opencv"\n', ["session", "camera"]) == []

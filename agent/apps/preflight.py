@@ -76,6 +76,10 @@ def problems(
     out: list[str] = []
     if "session" in names:
         out += _session(settings, env, emulator_here="emulator" in names)
+        if "face" in settings.session.start_triggers and not settings.camera.enabled:
+            out.append('session.start_triggers has "face" but camera.enabled = false')
+    if "camera" in names and settings.camera.backend == "null":
+        out.append('camera.enabled = true needs camera.backend = "opencv" or "image"')
     if "emulator" in names:
         out += _emulator(settings)
     if "mic" in names:

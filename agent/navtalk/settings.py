@@ -37,10 +37,12 @@ class SessionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     autostart: bool = True  # false drops the "always" start trigger (the older switch)
     # --- kiosk policy ---------------------------------------------------------------------
     # when a visit (one guest's conversation) starts and ends; see docs/kiosk.md
-    start_triggers: tuple[Literal["always", "voice", "button"], ...] = (
+    # always = at service start; voice = local VAD; button = control.session start;
+    # face = the camera service sees a face ([camera] enabled = true)
+    start_triggers: tuple[Literal["always", "voice", "button", "face"], ...] = (
         "always",
         "button",
-    )  # always = at service start; voice = local VAD; button = control.session start
+    )
     idle_timeout_s: NonNegFloat = 0.0  # no guest or avatar speech this long ends it (0 = off)
     max_session_s: NonNegFloat = 0.0  # a visit ends this long after its start (0 = off)
     # the text turn that asks the model for a goodbye before an idle or maximum-length end
@@ -48,6 +50,9 @@ class SessionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     wrapup_text: str = "The visit is over: say a short, polite goodbye to the guest."
     wrapup_max_s: PosFloat = 15.0  # the wrap-up or last words may take this long, then close
     voice_cooldown_s: NonNegFloat = 0.5  # voice onsets ignored this long after a visit ended
+    # no face this long ends a visit (with the "face" trigger; 0 = off). The camera then
+    # keeps looking during visits too, not only while idle.
+    face_gone_s: NonNegFloat = 0.0
     budget_daily_minutes: NonNegFloat = 0.0  # minutes of session a day, then none (0 = no cap)
     budget_warn_fraction: Fraction = 0.8  # log a warning once this much of the day is used
     budget_path: str = "~/.local/share/navtalk-agent/budget.json"  # today's use, kept on restart

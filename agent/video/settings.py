@@ -49,6 +49,9 @@ class DisplaySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
 
 
 class CameraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # Run the camera service (face detection for session.start_triggers = ["face"]). The
+    # take_photo tool uses the camera whether or not this is on.
+    enabled: bool = False
     # opencv: a capture device or video file; image: a still image file; null: no camera.
     backend: Literal["opencv", "image", "null"] = "null"
     device: int = 0  # OpenCV capture index (/dev/videoN) of the "opencv" backend
@@ -56,3 +59,9 @@ class CameraSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     jpeg_quality: Annotated[int, msgspec.Meta(ge=1, le=100)] = 70  # snapshots sent to the model
     # Snapshot width in pixels (aspect kept); 0 keeps the camera's own size.
     width: Annotated[int, msgspec.Meta(ge=0, le=8192)] = 960
+    # Face detection (the camera service, OpenCV's bundled Haar cascade): faces narrower
+    # than this many pixels (in the camera's frame) are ignored.
+    min_face_px: Annotated[int, msgspec.Meta(ge=16, le=4096)] = 80
+    # a face in this many frames in a row is "seen"; none in this many, "lost"
+    frames_needed: Annotated[int, msgspec.Meta(ge=1, le=100)] = 3
+    rate_hz: Annotated[float, msgspec.Meta(gt=0, le=30)] = 5.0  # frames looked at per second

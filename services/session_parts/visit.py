@@ -56,6 +56,7 @@ def policy_config(c: SessionSettings) -> pol.PolicyConfig:
         wrapup_max_s=c.wrapup_max_s,
         speech_grace_s=SPEECH_GRACE_S,
         voice_cooldown_s=c.voice_cooldown_s,
+        face_gone_s=c.face_gone_s,
         preroll_ms=c.preroll_ms,
     )
 
