@@ -62,6 +62,7 @@ PRELOAD = (
     "services.mic",
     "services.session",
     "services.display",
+    "services.camera",
     "agent.emulator.server",
     "cv2",
     "av",
