@@ -94,7 +94,7 @@ async def _sample(sup_pid: int, guest: Guest, spawn_log: SpawnLog, stop_at: floa
 
 def summarize(samples: dict[str, list[dict[str, float]]], wall_s: float) -> list[dict[str, Any]]:
     order = ("supervisor", "zygote", "emulator", *SERVICES)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for role in sorted(samples, key=lambda r: order.index(r) if r in order else len(order)):
         got = samples[role]
         first, last = got[0], got[-1]
