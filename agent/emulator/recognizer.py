@@ -65,9 +65,9 @@ class OrderRecognizer:
 class GrammarRecognizer:
     """pocketsphinx with a grammar of the script's lines. Thread-safe (one decoder, locked).
 
-    The decoder (model load, about 0.3-2 s of CPU) is built in a worker thread started by the
-    constructor, so the emulator's port opens at once; the first :meth:`recognize` (or a read
-    of :attr:`active` / :attr:`skipped`) waits for it. A missing package is still a
+    The decoder (model load, about 0.3-2 s of CPU) is built in a worker thread started by
+    :meth:`start_build` (the emulator: once it listens), so the port opens at once; the
+    first :meth:`recognize` (or a read of :attr:`active` / :attr:`skipped`) waits for it. A missing package is still a
     :class:`ConfigError` from the constructor."""
 
     def __init__(self, lines: Sequence[str]) -> None:
@@ -84,6 +84,17 @@ class GrammarRecognizer:
         self._active = False
         self._error: BaseException | None = None
         self._built = threading.Event()
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def start_build(self) -> None:
+        """Start building the decoder in a worker thread (once). The emulator calls it once
+        its port is open (the build holds the GIL for long stretches); the first use
+        starts it otherwise."""
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
         threading.Thread(target=self._build, name="emu-asr-init", daemon=True).start()
 
     def _build(self) -> None:
@@ -118,6 +129,7 @@ class GrammarRecognizer:
 
     def wait_built(self, timeout: float | None = None) -> bool:
         """Block until the decoder is built (True) or ``timeout`` passes (False)."""
+        self.start_build()
         if not self._built.wait(timeout):
             return False
         if self._error is not None:
