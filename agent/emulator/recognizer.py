@@ -67,8 +67,8 @@ class GrammarRecognizer:
 
     The decoder (model load, about 0.3-2 s of CPU) is built in a worker thread started by
     :meth:`start_build` (the emulator: once it listens), so the port opens at once; the
-    first :meth:`recognize` (or a read of :attr:`active` / :attr:`skipped`) waits for it. A missing package is still a
-    :class:`ConfigError` from the constructor."""
+    first :meth:`recognize` (or a read of :attr:`active` / :attr:`skipped`) waits for it. A
+    missing package is still a :class:`ConfigError` from the constructor."""
 
     def __init__(self, lines: Sequence[str]) -> None:
         if importlib.util.find_spec("pocketsphinx") is None:
