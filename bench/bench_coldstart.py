@@ -131,7 +131,8 @@ async def one_run(timeout: float, keep_log: Path | None = None) -> dict[str, Any
     text = _finish(Path(d), log_path, keep_log)
     return {
         "ready_ms": (t_ready - t0) * 1000,
-        "connect_failures": text.count("cannot connect") + text.count("connection refused"),
+        "connect_failures": text.count("NavTalk session lost (cannot connect")
+        + text.count("NavTalk session lost (connection refused"),
         "load1": load1,
     }
 
