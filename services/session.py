@@ -84,6 +84,7 @@ from agent.navtalk.settings import read_license
 from agent.navtalk.url import RedactFilter, build_url, redact, register_secret
 from services.session_parts.audio import MicRelay
 from services.session_parts.conn import Connection, SignalingRelay, close_detail
+from services.session_parts.embedded import embedded_host, wait_listening
 from services.session_parts.tools import ToolRelay
 from services.session_parts.visit import VisitRelay
 
@@ -175,6 +176,7 @@ class SessionService:
         self._phase = SessionPhase.IDLE
         self._detail = ""
         self._retry_in_ms: int | None = None
+        self._await_emulator = settings.emulator.embedded  # the first connect waits for it
         self.visit = VisitRelay(
             c,
             wanted=self._wanted,
@@ -321,6 +323,10 @@ class SessionService:
         self.relay.new_connection()
         proto = NavTalkProtocol()
         self._publish_state(SessionPhase.CONNECTING, "")
+        if self._await_emulator:  # started with us: not a failure while it comes up
+            self._await_emulator = False
+            emu = self.settings.emulator
+            await wait_listening(embedded_host(emu), emu.port)
         log.info("> connecting to %s (connection %s)", self._safe_url, connection_id)
         try:
             ws = await connect(

@@ -18,6 +18,7 @@ the server runs it in an executor, never on the event loop.
 from __future__ import annotations
 
 import enum
+import importlib.util
 import logging
 import re
 import threading
@@ -62,41 +63,94 @@ class OrderRecognizer:
 
 
 class GrammarRecognizer:
-    """pocketsphinx with a grammar of the script's lines. Thread-safe (one decoder, locked)."""
+    """pocketsphinx with a grammar of the script's lines. Thread-safe (one decoder, locked).
+
+    The decoder (model load, about 0.3-2 s of CPU) is built in a worker thread started by
+    :meth:`start_build` (the emulator: once it listens), so the port opens at once; the
+    first :meth:`recognize` (or a read of :attr:`active` / :attr:`skipped`) waits for it. A
+    missing package is still a :class:`ConfigError` from the constructor."""
 
     def __init__(self, lines: Sequence[str]) -> None:
-        try:
-            from pocketsphinx import Config, Decoder
-        except ImportError as exc:
+        if importlib.util.find_spec("pocketsphinx") is None:
             raise ConfigError(
                 "[emulator] recognizer = 'speech' needs the pocketsphinx package "
                 "(pip install pocketsphinx), or set recognizer = 'order'"
-            ) from exc
-
-        self._decoder: Any = Decoder(Config(lm=None, loglevel="FATAL"))
+            )
+        self._lines = tuple(lines)
+        self._decoder: Any = None
         self._lock = threading.Lock()
         self._by_words: dict[tuple[str, ...], str] = {}
-        self.skipped: list[str] = []  # lines with words the dictionary does not know
-        for line in lines:
-            words = normalize(line)
-            missing = [w for w in words if self._decoder.lookup_word(w) is None]
-            if not words or missing:
-                logger.warning(
-                    "= recognizer: %r can never be recognized (unknown words: %s)", line, missing
-                )
-                self.skipped.append(line)
-                continue
-            self._by_words.setdefault(words, line)
-        self.active = bool(self._by_words)
-        if self.active:
-            alternatives = " | ".join(f"( {' '.join(w)} )" for w in self._by_words)
-            grammar = f"#JSGF V1.0;\ngrammar hears;\npublic <line> = {alternatives};\n"
-            self._decoder.add_jsgf_string("hears", grammar)
-            self._decoder.activate_search("hears")
+        self._skipped: list[str] = []  # lines with words the dictionary does not know
+        self._active = False
+        self._error: BaseException | None = None
+        self._built = threading.Event()
+        self._started = False
+        self._start_lock = threading.Lock()
+
+    def start_build(self) -> None:
+        """Start building the decoder in a worker thread (once). The emulator calls it once
+        its port is open (the build holds the GIL for long stretches); the first use
+        starts it otherwise."""
+        with self._start_lock:
+            if self._started:
+                return
+            self._started = True
+        threading.Thread(target=self._build, name="emu-asr-init", daemon=True).start()
+
+    def _build(self) -> None:
+        try:
+            from pocketsphinx import Config, Decoder
+
+            decoder: Any = Decoder(Config(lm=None, loglevel="FATAL"))
+            for line in self._lines:
+                words = normalize(line)
+                missing = [w for w in words if decoder.lookup_word(w) is None]
+                if not words or missing:
+                    logger.warning(
+                        "= recognizer: %r can never be recognized (unknown words: %s)",
+                        line,
+                        missing,
+                    )
+                    self._skipped.append(line)
+                    continue
+                self._by_words.setdefault(words, line)
+            if self._by_words:
+                alternatives = " | ".join(f"( {' '.join(w)} )" for w in self._by_words)
+                grammar = f"#JSGF V1.0;\ngrammar hears;\npublic <line> = {alternatives};\n"
+                decoder.add_jsgf_string("hears", grammar)
+                decoder.activate_search("hears")
+            self._decoder = decoder
+            self._active = bool(self._by_words)
+        except Exception as exc:  # surfaced to every caller of wait_built
+            logger.exception("= recognizer: cannot build the decoder")
+            self._error = exc
+        finally:
+            self._built.set()
+
+    def wait_built(self, timeout: float | None = None) -> bool:
+        """Block until the decoder is built (True) or ``timeout`` passes (False)."""
+        self.start_build()
+        if not self._built.wait(timeout):
+            return False
+        if self._error is not None:
+            raise RuntimeError("the recognizer's decoder could not be built") from self._error
+        return True
+
+    @property
+    def active(self) -> bool:
+        """Some line can be recognized (waits for the decoder)."""
+        self.wait_built()
+        return self._active
+
+    @property
+    def skipped(self) -> list[str]:
+        """Lines with words the dictionary does not know (waits for the decoder)."""
+        self.wait_built()
+        return self._skipped
 
     def recognize(self, pcm24k: bytes) -> str | None:
         """The script line spoken in ``pcm24k`` (PCM16 LE, 24 kHz mono), or None."""
-        if not self.active:
+        if not self.active:  # waits for the decoder (the first utterance only)
             return None
         usable = len(pcm24k) - len(pcm24k) % 2
         x = np.frombuffer(pcm24k[:usable], dtype="<i2")
@@ -114,6 +168,7 @@ class GrammarRecognizer:
     def match(self, words: tuple[str, ...]) -> str | None:
         """The line for a decoder hypothesis: the whole line, or a unique prefix of at least
         half of one line's words."""
+        self.wait_built()
         if not words:
             return None
         if words in self._by_words:

@@ -130,6 +130,8 @@ class Emulator:
             logger=_ws_log,
         )
         self.port = int(next(iter(self._server.sockets)).getsockname()[1])
+        if self._grammar is not None:
+            self._grammar.start_build()  # the decoder is built while the port is open already
         logger.info(
             "= emulator listening on %s (recognizer %s, strict_fail %s)",
             self.base_url,
