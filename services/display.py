@@ -59,7 +59,7 @@ from agent.messages import (
     VadState,
     VideoStats,
 )
-from agent.video.compose import Composer, DisplayModel, Image, Overlay
+from agent.video.compose import Composer, DisplayModel, Image, Overlay, start_hint
 from agent.video.ice import ice_host
 from agent.video.negotiation import (
     Action,
@@ -402,6 +402,7 @@ class _Display:
                 self.ice_servers = list(msg.ice_servers)
             live = msg.phase in LIVE_PHASES
             self.model.on_session(live, now)
+            self.model.on_visit(msg.visit, msg.visit_detail, now)
             if self.policy.on_session(live, now) is Action.CLOSE:
                 log.info("= session %s: closing the peer connection", msg.phase)
                 self._video_generation = 0
@@ -572,6 +573,7 @@ async def run(settings: Settings, bus: Bus, *, screen: Screen | None = None) -> 
     if screen is None:
         screen = open_screen(ds)
     display = _Display(ds, bus, screen, host)
+    display.model.start_hint = start_hint(settings.session.start_triggers)  # the idle screen's
     try:
         await display.screen_call(screen.open)
     except DeviceError as exc:

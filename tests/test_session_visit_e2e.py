@@ -215,8 +215,14 @@ async def test_maximum_length_wraps_up_mid_conversation(
         await rec.wait_for(visit_is("idle"), after=len(rec.seen) - 1)
 
 
+@pytest.mark.parametrize("period", ["daily", "monthly"])
 async def test_a_spent_budget_closes_and_refuses_after_a_restart(
-    emulator: Emulator, bus_settings: BusSettings, make_bus: Any, tmp_path: Path, rec: Recorder
+    emulator: Emulator,
+    bus_settings: BusSettings,
+    make_bus: Any,
+    tmp_path: Path,
+    rec: Recorder,
+    period: str,
 ) -> None:
     settings = make_settings(
         bus_settings,
@@ -225,7 +231,7 @@ async def test_a_spent_budget_closes_and_refuses_after_a_restart(
         catalog_wait_ms=0,
         declare_tools=False,
         start_triggers=("button",),
-        budget_daily_minutes=0.02,  # 1.2 s
+        **{f"budget_{period}_minutes": 0.02},  # 1.2 s
         budget_path=str(tmp_path / "budget.json"),
         wrapup_text=WRAPUP,
     )

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from agent.emulator.avatar import AvatarPainter, measure_mouth_open
-from agent.video.compose import Badge, Composer, DisplayModel, Overlay, Scene, fit_aspect
+from agent.video.compose import (
+    Badge,
+    Composer,
+    DisplayModel,
+    Overlay,
+    Scene,
+    fit_aspect,
+    start_hint,
+)
 
 
 def live_model() -> DisplayModel:
@@ -127,3 +135,71 @@ def test_reused_buffers_compose_the_same_pixels_as_a_fresh_composer() -> None:
             want = Composer(width, height).compose(avatar, overlay)
             diff = np.argwhere(got != want)
             assert not len(diff), f"{width}x{height} step {i}: {len(diff)} pixels differ"
+
+
+def test_idle_words_follow_the_visit_and_the_start_triggers() -> None:
+    assert start_hint(["always", "button"]) == "Press the button"
+    assert start_hint(["voice", "face", "button"]) == (
+        "Say hello, look at the screen or press the button"
+    )
+    assert start_hint(["always"]) == ""
+    m = DisplayModel(start_hint=start_hint(["voice", "button"]))
+    o = m.overlay(0.0)
+    assert (o.idle_title, o.idle_hint) == ("", "")  # no session.state yet: the placeholder
+    words = []
+    for visit, detail in [
+        ("idle", "ready"),
+        ("starting", "visit 1 (voice)"),
+        ("closing", "idle"),
+        ("idle", "budget spent"),
+    ]:
+        m.on_visit(visit, detail, 1.0)
+        o = m.overlay(1.0)
+        assert o.scene is Scene.IDLE
+        words.append((o.idle_title, o.idle_hint))
+    assert words == [
+        ("Ready", "Say hello or press the button"),
+        ("Connecting...", "One moment, please"),
+        ("Goodbye!", ""),
+        ("Closed for today", "The session time is used up"),
+    ]
+    m.on_session(True, 2.0)  # live: the avatar, not the idle words
+    assert m.overlay(2.0).scene is Scene.LIVE
+
+
+def _text_pixels(frame: np.ndarray, top: int) -> int:
+    """Bright pixels (text) below row ``top``: the idle screen's band of words."""
+    return int((frame[top:].max(axis=2) > 150).sum())
+
+
+def test_idle_screen_draws_its_words_once_per_change() -> None:
+    for image in (None, np.full((90, 160, 3), (0, 90, 0), np.uint8)):
+        c = Composer(640, 360, idle_image=image)
+        frames = {}
+        for title, hint in [
+            ("Ready", "Say hello or press the button"),
+            ("Connecting...", "One moment, please"),
+            ("Closed for today", "The session time is used up"),
+        ]:
+            overlay = Overlay(Scene.IDLE, Badge.CONNECTING, idle_title=title, idle_hint=hint)
+            first = c.compose(None, overlay)
+            again = c.compose(None, overlay)
+            assert again is first  # nothing changed: the same frame, not drawn again
+            assert not first.flags.writeable
+            assert _text_pixels(first, 360 * 2 // 3) > 300, title  # words in the bottom band
+            frames[title] = first.copy()
+            # the words, and only them, differ from the same screen with other words
+            other = Composer(640, 360, idle_image=image).compose(
+                None, Overlay(Scene.IDLE, Badge.CONNECTING, idle_title="x", idle_hint="y")
+            )
+            changed = np.argwhere((first != other).any(axis=2))
+            assert len(changed) and changed[:, 0].min() >= 360 // 2
+            fresh = Composer(640, 360, idle_image=image).compose(None, overlay)
+            assert np.array_equal(fresh, first)  # a fresh composer draws the same pixels
+        titles = list(frames)
+        for i, a in enumerate(titles):
+            for b in titles[i + 1 :]:
+                assert not np.array_equal(frames[a], frames[b]), (a, b)
+        plain = c.compose(None, Overlay(Scene.IDLE, Badge.CONNECTING))  # back to no words
+        default = Composer(640, 360, idle_image=image)
+        assert np.array_equal(plain, default.compose(None, Overlay(Scene.IDLE, Badge.CONNECTING)))

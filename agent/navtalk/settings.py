@@ -54,7 +54,8 @@ class SessionSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     # keeps looking during visits too, not only while idle.
     face_gone_s: NonNegFloat = 0.0
     budget_daily_minutes: NonNegFloat = 0.0  # minutes of session a day, then none (0 = no cap)
-    budget_warn_fraction: Fraction = 0.8  # log a warning once this much of the day is used
+    budget_monthly_minutes: NonNegFloat = 0.0  # minutes of session a month, then none (0 = no cap)
+    budget_warn_fraction: Fraction = 0.8  # log a warning once this much of a budget is used
     budget_path: str = "~/.local/share/navtalk-agent/budget.json"  # today's use, kept on restart
     # --- history -----------------------------------------------------------------------------
     history_enabled: bool = True  # store transcripts on disk (false = store nothing)

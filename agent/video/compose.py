@@ -16,7 +16,16 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Badge", "Composer", "DisplayModel", "Overlay", "Scene", "draw_fitted", "fit_aspect"]
+__all__ = [
+    "Badge",
+    "Composer",
+    "DisplayModel",
+    "Overlay",
+    "Scene",
+    "draw_fitted",
+    "fit_aspect",
+    "start_hint",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +54,30 @@ class Overlay:
     badge: Badge
     guest_caption: str = ""
     avatar_caption: str = ""
+    idle_title: str = ""  # the idle screen's words ("" = the default placeholder or image)
+    idle_hint: str = ""  # its second line: how to start, or what is happening
+
+
+_START_HINTS = {"voice": "say hello", "face": "look at the screen", "button": "press the button"}
+
+
+def start_hint(triggers: tuple[str, ...] | list[str]) -> str:
+    """How a guest opens a visit with these start triggers: "Say hello or press the button"."""
+    ways = [_START_HINTS[t] for t in triggers if t in _START_HINTS]
+    if not ways:
+        return ""
+    text = ways[0] if len(ways) == 1 else ", ".join(ways[:-1]) + " or " + ways[-1]
+    return text[0].upper() + text[1:]
 
 
 class DisplayModel:
     """The display's view of the conversation, fed by bus events (sans-I/O)."""
 
-    def __init__(self, caption_hold_s: float = 6.0) -> None:
+    def __init__(self, caption_hold_s: float = 6.0, start_hint: str = "") -> None:
         self.caption_hold_s = caption_hold_s
+        self.start_hint = start_hint
+        self._visit = ""  # session.state's visit ("" before one, or from an older session)
+        self._visit_detail = ""
         self._session_live = False
         self._video_live = False
         self._guest_speaking = False
@@ -76,6 +102,12 @@ class DisplayModel:
             self._guest_speaking = False
             self._thinking_since = None
             self._voice_until = -1.0
+
+    def on_visit(self, visit: str, detail: str, now: float) -> None:
+        """The kiosk visit's phase and word from ``session.state`` (idle, starting, ...)."""
+        if (visit, detail) != (self._visit, self._visit_detail):
+            log.info("= visit %s (%s)", visit or "?", detail)
+        self._visit, self._visit_detail = visit, detail
 
     def on_video(self, live: bool, now: float) -> None:
         self._video_live = live
@@ -119,7 +151,8 @@ class DisplayModel:
 
     def overlay(self, now: float) -> Overlay:
         if not self._session_live:
-            return Overlay(Scene.IDLE, Badge.CONNECTING)
+            title, hint = self._idle_words()
+            return Overlay(Scene.IDLE, Badge.CONNECTING, idle_title=title, idle_hint=hint)
         badge = self._badge_at(now)
         if badge != self._badge:
             log.info("= badge %s", badge)
@@ -131,6 +164,18 @@ class DisplayModel:
             guest_caption=self._guest_text if self._guest_at >= fresh else "",
             avatar_caption=self._avatar_text if self._avatar_at >= fresh else "",
         )
+
+    def _idle_words(self) -> tuple[str, str]:
+        """The idle screen's title and hint for the visit's phase."""
+        if self._visit in ("starting", "engaged"):  # engaged: a dropped connection retried
+            return "Connecting...", "One moment, please"
+        if self._visit == "closing":
+            return "Goodbye!", ""
+        if self._visit == "idle" and self._visit_detail.startswith("budget"):
+            return "Closed for today", "The session time is used up"
+        if self._visit == "idle":
+            return "Ready", self.start_hint
+        return "", ""  # no visit known yet: the default placeholder or image
 
     def _badge_at(self, now: float) -> Badge:
         if not self._video_live:
@@ -208,8 +253,10 @@ class Composer:
         self.captions, self.font_scale, self.badge = captions, font_scale, badge
         self._background = self._blank()
         self._background.flags.writeable = False
+        self._idle_image = idle_image
         self._idle = self._make_idle(idle_image)
         self._idle.flags.writeable = False
+        self._idle_key: tuple[str, str] = ("", "")  # the words drawn on self._idle
         self._waiting = self._make_placeholder("Connecting...")
         self._canvas = self._blank()  # the reused output buffer
         # What the canvas holds outside the avatar's rectangle: "bg" (plain background, as
@@ -241,13 +288,57 @@ class Composer:
         cv2.putText(canvas, text, org, _FONT, scale, (230, 230, 230), 2, cv2.LINE_AA)
         return canvas
 
+    def _make_idle_words(self, title: str, hint: str) -> Image:
+        """The idle screen with its words: the image (or the drawn circle), then the title
+        and the hint (wrapped) centred in a darkened band at the bottom."""
+        if self._idle_image is not None:
+            canvas = self._blank()
+            draw_fitted(self._idle_image, canvas)
+        else:
+            canvas = self._make_placeholder("")
+        unit = min(self.width, self.height) / 720
+        t_scale, h_scale = self.font_scale * unit * 1.6, self.font_scale * unit
+        margin = max(6, int(20 * unit))
+        t_w = cv2.getTextSize(title, _FONT, t_scale, 2)[0][0]
+        if t_w > self.width - 2 * margin:  # a narrow screen: shrink the title to fit
+            t_scale *= (self.width - 2 * margin) / t_w
+        t_h = cv2.getTextSize("Ag", _FONT, t_scale, 2)[0][1]
+        h_h = cv2.getTextSize("Ag", _FONT, h_scale, 1)[0][1]
+        hints = self._wrap(hint, self.width - 2 * margin, h_scale, 2) if hint else []
+        band = t_h + margin + len(hints) * int(h_h * 1.8) + 2 * margin
+        top = self.height - band - margin
+        cv2.LUT(canvas[top:], _DARKEN, dst=canvas[top:])
+        rows = [(title, t_scale, 2, t_h, (240, 240, 240))]
+        rows += [(line, h_scale, 1, h_h, (200, 220, 255)) for line in hints]
+        y = top + margin
+        for text, scale, thick, h, colour in rows:
+            w = cv2.getTextSize(text, _FONT, scale, thick)[0][0]
+            y += h
+            cv2.putText(
+                canvas, text, ((self.width - w) // 2, y), _FONT, scale, colour, thick, cv2.LINE_AA
+            )
+            y += int(h * 0.8) + (margin // 2 if thick == 2 else 0)
+        return canvas
+
+    def _idle_frame(self, overlay: Overlay) -> Image:
+        """The idle screen for the overlay's words, drawn once per change of them."""
+        key = (overlay.idle_title, overlay.idle_hint)
+        if key != self._idle_key:
+            self._idle_key = key
+            if key == ("", ""):
+                self._idle = self._make_idle(self._idle_image)
+            else:
+                self._idle = self._make_idle_words(*key)
+            self._idle.flags.writeable = False
+        return self._idle
+
     def compose(self, avatar: Image | None, overlay: Overlay) -> Image:
         """One frame for the screen: ``avatar`` is the latest decoded BGR frame, if any.
 
         The result is read-only for the idle scene and the reused buffer otherwise: valid
         until the next call."""
         if overlay.scene is Scene.IDLE:
-            return self._idle
+            return self._idle_frame(overlay)
         canvas = self._canvas
         if avatar is None:
             canvas[:] = self._waiting

@@ -5,7 +5,7 @@ every :data:`TICK_S`) and carries out its actions: a Connect sets the session's 
 flag (the connection loop opens the socket, the link retries), a Close ends the session
 on purpose, a SayWrapUp is a text turn asking the model for the wrap-up line.
 
-It counts the seconds a socket is open against the day's budget
+It counts the seconds a socket is open against the day's (and month's) budget
 (:class:`agent.navtalk.budget.Budget`, saved to a small JSON file so a restart keeps the
 day) and tells the policy when it is spent. It also keeps the current visit's user
 turns, in memory only: they are what is replayed
@@ -79,7 +79,11 @@ class VisitRelay:
         self._end, self._publish = end, publish
         self.wrapups = 0
         self.detail = ""
-        self.budget = Budget(cfg.budget_daily_minutes * 60, cfg.budget_warn_fraction)
+        self.budget = Budget(
+            cfg.budget_daily_minutes * 60,
+            cfg.budget_warn_fraction,
+            monthly_s=cfg.budget_monthly_minutes * 60,
+        )
         self._budget_path = Path(cfg.budget_path).expanduser()
         self._unsaved_s = 0.0
 
@@ -122,22 +126,23 @@ class VisitRelay:
     # --- the budget ---------------------------------------------------------------------------
 
     async def open_budget(self) -> None:
-        """Read today's use back (a restart does not reset the day)."""
-        if self.budget.daily_s <= 0:
+        """Read today's and this month's use back (a restart resets neither)."""
+        if not self.budget.active:
             return
         data = await asyncio.to_thread(_read_small, self._budget_path)
         if data is None:
             self.budget.roll(_today())
         else:
             self.budget.load(data, _today())
-        log.info("= budget: %.1f of %.1f min used today", self.budget.used_s / 60,
-                 self.budget.daily_s / 60)  # fmt: skip
+        b = self.budget
+        log.info("= budget: %.1f of %.1f min used today, %.1f of %.1f min this month",
+                 b.used_s / 60, b.daily_s / 60, b.month_used_s / 60, b.monthly_s / 60)  # fmt: skip
         if self.budget.spent:
-            log.warning("= today's session budget is spent: no session until tomorrow")
+            log.warning("= the session budget is spent: no session until %s", b.until)
             await self.feed(pol.Spent(True, time.monotonic()))
 
     async def save_budget(self) -> None:
-        if self.budget.daily_s <= 0 or self._unsaved_s <= 0:
+        if not self.budget.active or self._unsaved_s <= 0:
             return
         self._unsaved_s = 0.0
         try:
@@ -147,11 +152,11 @@ class VisitRelay:
 
     async def _count(self, dt: float, now: float) -> None:
         b = self.budget
-        if b.daily_s <= 0:
+        if not b.active:
             return
         was_spent = b.spent
-        if b.roll(_today()) and was_spent:
-            log.info("= a new day: the session budget is available again")
+        if b.roll(_today()) and was_spent and not b.spent:
+            log.info("= a new day or month: the session budget is available again")
             await self.feed(pol.Spent(False, now))
         if self._current() is None:  # no socket, no cost: save what the last one used
             await self.save_budget()
@@ -159,9 +164,9 @@ class VisitRelay:
         news = b.add(dt, _today())
         self._unsaved_s += dt
         if news is News.WARNING:
-            log.warning("= %.0f %% of today's session budget is used", b.fraction * 100)
+            log.warning("= %.0f %% of the session budget is used (day or month)", b.fraction * 100)
         elif news is News.SPENT:
-            log.warning("= today's session budget (%.1f min) is spent", b.daily_s / 60)
+            log.warning("= the session budget is spent: no session until %s", b.until)
             await self.save_budget()
             await self.feed(pol.Spent(True, now))
         if self._unsaved_s >= SAVE_EVERY_S:
