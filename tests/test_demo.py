@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from agent.apps.demo import GUEST_TIMELINE, ROOT, View, script_lines
+from agent.apps.demo import (
+    GUEST_TIMELINE,
+    ROOT,
+    SECOND_GUEST,
+    SECOND_GUEST_TIMELINE,
+    View,
+    paced_starts,
+    script_lines,
+)
 from agent.messages import SessionPhase, SessionState, ToolCall, UserTranscript
 
 
@@ -34,6 +42,29 @@ def test_the_demo_script_and_timeline_agree() -> None:
     lines = script_lines(ROOT / "config" / "scripts" / "demo.toml")
     assert len(lines) == len(GUEST_TIMELINE)
     assert list(GUEST_TIMELINE) == sorted(GUEST_TIMELINE)
+    # guest B: lines the emulator knows, after A's goodbye and a pause of several seconds
+    assert set(SECOND_GUEST) <= set(lines)
+    assert len(SECOND_GUEST) == len(SECOND_GUEST_TIMELINE)
+    assert SECOND_GUEST_TIMELINE[0] - GUEST_TIMELINE[-1] >= 12.0
+    assert list(SECOND_GUEST_TIMELINE) == sorted(SECOND_GUEST_TIMELINE)
+
+
+def test_two_visits_end_the_demo_only_after_the_second() -> None:
+    v = View(visits=2)
+    for _ in range(2):
+        assert not v.ended
+        v.feed(SessionState(phase=SessionPhase.IDLE))  # waiting for the guest: no end
+        assert not v.ended
+        v.feed(SessionState(phase=SessionPhase.READY))
+        v.feed(SessionState(phase=SessionPhase.IDLE, detail="session ended"))
+    assert v.ended and v.visits_ended == 2
+
+
+def test_paced_starts_pause_before_the_second_guest() -> None:
+    starts = paced_starts([1.0, 1.0, 1.0], pause_before=2)
+    plain = paced_starts([1.0, 1.0, 1.0])
+    assert starts[:2] == plain[:2]
+    assert starts[2] > plain[2]
 
 
 def test_a_barge_in_closes_the_interrupted_answer() -> None:

@@ -23,7 +23,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "tests" / "fixtures" / "system-script.toml"
-TIMELINE = (6.0, 14.5, 28.5, 34.0, 42.0)
+# guest A's lines (the script's `hears`), then guest B's after A's goodbye and a pause
+TIMELINE = (6.0, 14.5, 28.5, 34.0, 42.0, 56.0, 63.0)
+SECOND_GUEST = ("What time is it?", "Thank you. Goodbye.")
 LICENSE = "SYSTEM-TEST-LICENSE-7f3a9c1e5b"
 
 
@@ -100,6 +102,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
                 starts_s=TIMELINE,
                 script=SCRIPT,
                 extra_overrides=overrides,
+                second_guest=SECOND_GUEST,
             )
         )
     finally:
@@ -133,12 +136,47 @@ def test_transcripts_in_order_and_tool_results_spoken(demo_run: dict[str, object
     import tomllib
 
     hears = tomllib.loads(SCRIPT.read_text())["hears"]
-    assert users == hears
+    assert users == [*hears, *SECOND_GUEST]
     spoken = " | ".join(assistant)
     assert "It is " in spoken  # get_current_time's output, spoken
     assert "Room 221" in spoken  # the example plugin's lookup_reservation output, spoken
     assert "Goodbye" in spoken
     assert spoken.index("It is ") < spoken.index("Room 221") < spoken.index("Goodbye")
+
+
+def test_two_guests_two_sessions_and_no_socket_in_between(
+    demo_run: dict[str, object],
+) -> None:
+    """A's goodbye closes the session; it stays idle (no socket) until B's voice opens the next."""
+    import re
+
+    lines = (Path(str(demo_run["out"])) / "logs" / "emulator.log").read_text().splitlines()
+    events = []  # (index, "open"/"closed", session number) at the emulator
+    for i, x in enumerate(lines):
+        if m := re.search(r"< emulator: session (\d+) ", x):
+            events.append((i, "open", int(m[1])))
+        elif m := re.search(r"= emulator: session (\d+) closed", x):
+            events.append((i, "closed", int(m[1])))
+    assert [e[1:] for e in events] == [("open", 1), ("closed", 1), ("open", 2), ("closed", 2)]
+    # between A's session closing and B's opening, no WebSocket but B's own was opened
+    between = lines[events[1][0] : events[2][0]]
+    assert sum("server.ws: connection open" in x for x in between) == 1, between
+    session_log = (Path(str(demo_run["out"])) / "logs" / "session.log").read_text()
+    assert "replaying" not in session_log, "a visit was sent history (A's turns to B?)"
+    assert "visit 2 starts (voice)" in session_log  # B's voice opened B's session
+
+
+def test_second_guest_first_sentence_whole_and_none_of_the_first(
+    demo_run: dict[str, object],
+) -> None:
+    turns = json.loads((Path(str(demo_run["out"])) / "history.json").read_text())
+    ids = list(dict.fromkeys(t["session_id"] for t in turns))
+    assert len(ids) == 2, ids
+    b = [t for t in turns if t["session_id"] == ids[1]]
+    b_users = [t["text"] for t in b if t["role"] == "user"]
+    assert b_users[0] == SECOND_GUEST[0]  # B's first sentence whole: the pre-roll worked
+    assert b_users == list(SECOND_GUEST)  # and nothing of A's visit in B's
+    assert "It is " in " ".join(t["text"] for t in b if t["role"] == "assistant")
 
 
 def test_speaker_played_speech_in_step_with_the_mouth(demo_run: dict[str, object]) -> None:

@@ -8,14 +8,16 @@
                                      ▼               │          ▼
                                history.json     avatar.mp4   speaker ─▶ speaker.wav
 
-1. Writes the guest's side of a scripted conversation to ``out/guest.wav``:
-   each line of the emulator script's ``hears`` list, spoken by espeak-ng, at
-   the time given in :data:`GUEST_TIMELINE` (one line talks over the avatar:
-   the barge-in).
+1. Writes two guests to ``out/guest.wav``: guest A speaks each line of the
+   emulator script's ``hears`` list (espeak-ng) at the time given in
+   :data:`GUEST_TIMELINE` (one line talks over the avatar: the barge-in) and says
+   goodbye (``end_conversation``: the session closes); after a pause guest B
+   speaks :data:`SECOND_GUEST`, and B's voice opens a new session (the profile's
+   ``start_triggers`` include ``voice``; the pre-roll keeps B's first words).
 2. Runs ``navtalk-agent run --config config/emulator.toml`` (the supervisor
    starts the emulator and every service) with the outputs pointed at ``out/``.
 3. Shows a live view of the bus (process health, session state, transcripts,
-   tool calls) until the avatar ends the conversation, then stops everything
+   tool calls) until the avatar has ended both conversations, then stops everything
    cleanly and prints where the files are.
 """
 
@@ -67,6 +69,13 @@ DEFAULT_CONFIG = ROOT / "config" / "emulator.toml" if CHECKOUT else profile_path
 # The lead-in covers process start-up and the avatar's greeting; each gap leaves room for
 # the avatar's answer, except before the barge-in line, which starts while it still talks.
 GUEST_TIMELINE: tuple[float, ...] = (8.0, 16.0, 25.5, 39.5, 45.0, 55.0)
+# Guest B, after A's goodbye and a pause (the session idle, no socket open): B's voice opens
+# the next session. Each line must be one of the script's `hears` (what the emulator knows).
+SECOND_GUEST: tuple[str, ...] = ("Hello, who are you?", "Thank you. Goodbye.")
+SECOND_GUEST_TIMELINE: tuple[float, ...] = (70.0, 78.0)
+# With --script: B's first line starts this long after the answer allowance of A's last line
+# (A's goodbye played, the session closed, then silence).
+PAUSE_S = 8.0
 TAIL_SILENCE_S = 12.0
 # Another script (--script) has no hand-tuned timeline: the guest's first line starts after
 # the lead-in, each next one this long after the previous one ended (the avatar's answer).
@@ -107,10 +116,13 @@ def script_lines(script_path: Path) -> list[str]:
     return list(hears)
 
 
-def paced_starts(durations_s: Sequence[float]) -> list[float]:
-    """Start times for lines of these lengths: after the lead-in, then one answer apart."""
+def paced_starts(durations_s: Sequence[float], *, pause_before: int = -1) -> list[float]:
+    """Start times for lines of these lengths: after the lead-in, then one answer apart;
+    line ``pause_before`` (the second guest's first) waits :data:`PAUSE_S` longer."""
     starts, t = [], LEAD_IN_S
-    for d in durations_s:
+    for i, d in enumerate(durations_s):
+        if i == pause_before:
+            t += PAUSE_S
         starts.append(round(t, 3))
         t += d + ANSWER_ALLOWANCE_S
     return starts
@@ -122,9 +134,11 @@ async def write_guest_wav(
     starts_s: Sequence[float] | None,
     *,
     tail_s: float = TAIL_SILENCE_S,
+    pause_before: int = -1,
 ) -> list[tuple[float, float]]:
     """Speak each line at its start time into one 24 kHz mono WAV; returns (start, end) s.
-    ``starts_s`` None: :func:`paced_starts` (any number of lines)."""
+    ``starts_s`` None: :func:`paced_starts` (any number of lines, with the pause before
+    line ``pause_before``)."""
     if not lines:
         raise ValueError("the script has no guest lines (`hears` is empty)")
     if starts_s is not None and len(lines) != len(starts_s):
@@ -132,7 +146,7 @@ async def write_guest_wav(
     tts = Tts()
     clips = [np.frombuffer(await tts.synthesize(t), dtype="<i2") for t in lines]
     if starts_s is None:
-        starts_s = paced_starts([len(c) / OUT_RATE_HZ for c in clips])
+        starts_s = paced_starts([len(c) / OUT_RATE_HZ for c in clips], pause_before=pause_before)
     spans = [(s, s + len(c) / OUT_RATE_HZ) for s, c in zip(starts_s, clips, strict=True)]
     total = int((spans[-1][1] + tail_s) * OUT_RATE_HZ)
     pcm = np.zeros(total, dtype="<i2")
@@ -168,6 +182,7 @@ def overrides_for(outputs: Outputs, *, window: bool, script: Path | None) -> lis
 class View:
     """What the live view shows; fed from the bus, rendered by rich (or printed plainly)."""
 
+    visits: int = 1  # conversations (sessions) that end the demo
     processes: dict[str, Heartbeat] = field(default_factory=dict)
     phase: str = "starting"
     detail: str = ""
@@ -178,6 +193,7 @@ class View:
     partial: dict[str, str] = field(default_factory=dict)
     ended: bool = False
     was_ready: bool = False
+    visits_ended: int = 0
     messages: int = 0
     license_leaks: int = 0  # bus messages that carried the license (must stay 0)
 
@@ -192,8 +208,12 @@ class View:
                 self.was_ready = True
             # IDLE after a conversation: it ended on purpose (end_conversation); FAILED: for good.
             # CLOSED alone is a drop that the session recovers from by reconnecting.
-            if self.was_ready and msg.phase in (SessionPhase.IDLE, SessionPhase.FAILED):
+            if msg.phase is SessionPhase.FAILED:
                 self.ended = True
+            elif self.was_ready and msg.phase is SessionPhase.IDLE:
+                self.was_ready = False
+                self.visits_ended += 1
+                self.ended = self.visits_ended >= self.visits
             if changed:
                 return f"session: {msg.phase.value} {msg.detail}".rstrip()
         elif isinstance(msg, UserTranscript):
@@ -251,12 +271,13 @@ class View:
 
 async def watch(
     config: Path, overrides: Sequence[str], proc: asyncio.subprocess.Process, timeout_s: float,
-    *, live: bool, record: Path,
+    *, live: bool, record: Path, visits: int = 1,
 ) -> View:  # fmt: skip
-    """Follow the bus until the conversation ends; record every control message (redacted)."""
+    """Follow the bus until ``visits`` conversations ended; record every control message
+    (redacted)."""
     settings = load(config, overrides)
     secret = navtalk_license().encode()
-    view = View()
+    view = View(visits=visits)
     deadline = time.monotonic() + timeout_s
     async with Bus(settings.bus, topics.EXTERNAL, media_queue=50) as bus:
         bus.subscribe(*(s.prefix for s in topics.TOPICS.values() if s.plane is Plane.CONTROL))
@@ -321,15 +342,27 @@ async def run_demo(
     starts_s: Sequence[float] | None = None,
     script: Path | None = None,
     extra_overrides: Sequence[str] = (),
+    second_guest: Sequence[str] | None = None,
 ) -> int:
+    """``starts_s``: when each line starts, guest A's then ``second_guest``'s (empty: A only;
+    None: :data:`SECOND_GUEST`, or with ``script`` its first and last `hears` lines)."""
     outputs = Outputs.under(await asyncio.to_thread(out.resolve))
-    lines = await asyncio.to_thread(_prepare, outputs, config, script)
-    print(f"demo: synthesizing the guest's {len(lines)} lines with espeak-ng ...", flush=True)
+    first = await asyncio.to_thread(_prepare, outputs, config, script)
+    if second_guest is None:
+        second_guest = SECOND_GUEST if script is None else [first[0], first[-1]][: len(first)]
+    lines = [*first, *second_guest]
+    print(
+        f"demo: synthesizing the guests' lines ({len(first)} + {len(second_guest)})"
+        " with espeak-ng ...",
+        flush=True,
+    )
     if starts_s is None and script is None:
-        starts_s = GUEST_TIMELINE  # tuned by hand for the built-in script (with its barge-in)
+        # tuned by hand for the built-in script (with its barge-in)
+        starts_s = (*GUEST_TIMELINE, *SECOND_GUEST_TIMELINE)[: len(lines)]
     elif starts_s is not None:
         starts_s = starts_s[: len(lines)]
-    spans = await write_guest_wav(outputs.guest_wav, lines, starts_s)
+    pause_before = len(first) if second_guest else -1
+    spans = await write_guest_wav(outputs.guest_wav, lines, starts_s, pause_before=pause_before)
     overrides = [
         *packaged_path_overrides(config, ROOT),  # outside a checkout: the shipped script
         *overrides_for(outputs, window=window, script=script),
@@ -347,8 +380,9 @@ async def run_demo(
     live = sys.stdout.isatty() if live is None else live
     try:
         view = await watch(
-            config, overrides, proc, timeout_s + spans[-1][1], live=live, record=outputs.bus_record
-        )
+            config, overrides, proc, timeout_s + spans[-1][1], live=live,
+            record=outputs.bus_record, visits=2 if second_guest else 1,
+        )  # fmt: skip
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
@@ -361,7 +395,11 @@ async def run_demo(
     turns = export_history(outputs.history_db, outputs.history_json)
     print(f"\ndemo: finished in {time.monotonic() - t0:.0f} s; agent exit code {code}")
     if not view.ended:
-        print("demo: the conversation did not end by itself (see out/logs/)", file=sys.stderr)
+        print(
+            f"demo: {view.visits_ended} of {view.visits} conversations ended by themselves"
+            " (see out/logs/)",
+            file=sys.stderr,
+        )
     if view.license_leaks:
         print(f"demo: {view.license_leaks} bus message(s) carried the license!", file=sys.stderr)
     for label, path in (
