@@ -39,12 +39,10 @@ from bench.bench_soak import (
     Guest,
     SpawnLog,
     _bus_settings,
-    _start_supervisor,
-    _stop_supervisor,
     processes,
     read_proc,
 )
-from bench.common import save, table
+from bench.common import save, start_supervisor, stop_supervisor, table
 
 SAMPLE_S = 5.0
 
@@ -128,7 +126,7 @@ async def bench(args: argparse.Namespace, log_path: Path) -> dict[str, Any]:
     cfg = Path(d) / "agent.toml"
     cfg.write_text(config_text(d, args.backend, args.width, args.height, args.fps))
     settings = load(cfg)
-    sup = _start_supervisor(cfg, log_path)
+    sup = start_supervisor(cfg, log_path)
     samples: dict[str, list[dict[str, float]]] = {}
     try:
         bus = Bus(settings.bus, "bench-agent")
@@ -153,7 +151,7 @@ async def bench(args: argparse.Namespace, log_path: Path) -> dict[str, Any]:
         reader.cancel()
         await bus.close()
     finally:
-        await asyncio.to_thread(_stop_supervisor, sup)
+        await asyncio.to_thread(stop_supervisor, sup)
         shutil.rmtree(d, ignore_errors=True)
     return {
         "display": f"{args.backend} {args.width}x{args.height}@{args.fps}",

@@ -25,7 +25,6 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,10 +35,11 @@ from agent import topics
 from agent.bus import Bus
 from agent.config import BusSettings, ControlPlane, MediaPlane, bus_toml, load
 from agent.messages import Heartbeat
-from bench.common import percentiles, save, table
+from bench.common import percentiles, save, start_supervisor, stop_supervisor, table
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = tuple(topics.SERVICES)
+# every service a default profile runs (the camera runs only with camera.enabled)
+SERVICES = tuple(s for s in topics.SERVICES if s != topics.CAMERA)
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -87,24 +87,6 @@ def _started_at(pid: int) -> float | None:
     return int(fields[19]) / _TICK  # field 22 overall: starttime, in clock ticks after boot
 
 
-def _start_supervisor(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-
-
-def _stop_supervisor(sup: subprocess.Popen[bytes]) -> None:
-    sup.send_signal(signal.SIGTERM)
-    try:
-        sup.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        sup.kill()
-        sup.wait()
-
-
 class Watcher:
     """The latest heartbeat of every service, and when its current process first beat."""
 
@@ -137,7 +119,7 @@ async def bench(kills: int, services: list[str], headless: bool, log_path: Path)
     cfg = _config(d, headless=headless)
     settings = load(cfg)
     stable_s = settings.supervisor.restart_stable_s
-    sup = _start_supervisor(cfg, log_path)
+    sup = start_supervisor(cfg, log_path)
     samples: dict[str, list[dict[str, float]]] = {s: [] for s in services}
     try:
         bus = Bus(settings.bus, "bench")
@@ -177,7 +159,7 @@ async def bench(kills: int, services: list[str], headless: bool, log_path: Path)
         reader.cancel()
         await bus.close()
     finally:
-        await asyncio.to_thread(_stop_supervisor, sup)
+        await asyncio.to_thread(stop_supervisor, sup)
         shutil.rmtree(d, ignore_errors=True)
     rows = []
     for service, got in samples.items():

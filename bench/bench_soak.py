@@ -37,7 +37,6 @@ import asyncio
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -62,10 +61,11 @@ from agent.messages import (
     ToolCall,
     ToolResult,
 )
-from bench.common import save, table
+from bench.common import save, start_supervisor, stop_supervisor, table
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICES = tuple(topics.SERVICES)
+# every service a default profile runs (the camera runs only with camera.enabled)
+SERVICES = tuple(s for s in topics.SERVICES if s != topics.CAMERA)
 _TICK = os.sysconf("SC_CLK_TCK")
 ANSWER_TIMEOUT_S = 60.0  # a long spoken answer at the emulator's real-time pace
 GROWTH_FLAG_PCT_PER_H = 10.0
@@ -335,24 +335,6 @@ def summarize(role: str, samples: list[dict[str, float]], n_pids: int, warmup_s:
     return row
 
 
-def _start_supervisor(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-
-
-def _stop_supervisor(sup: subprocess.Popen[bytes]) -> None:
-    sup.send_signal(signal.SIGTERM)
-    try:
-        sup.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        sup.kill()
-        sup.wait()
-
-
 def _log_counts(text: str) -> dict[str, int]:
     return {
         "bytes": len(text.encode()),
@@ -373,7 +355,7 @@ async def bench(minutes: float, every_s: float, ask_every_s: float, warmup_s: fl
     d = tempfile.mkdtemp(prefix="nts-")
     cfg = _config(d, video=video)
     settings = load(cfg)
-    sup = _start_supervisor(cfg, log_path)
+    sup = start_supervisor(cfg, log_path)
     series: dict[str, list[dict[str, float]]] = {}
     pids: dict[str, set[int]] = {}
     loadavg: list[list[float]] = []
@@ -402,7 +384,7 @@ async def bench(minutes: float, every_s: float, ask_every_s: float, warmup_s: fl
         reader.cancel()
         await bus.close()
     finally:
-        await asyncio.to_thread(_stop_supervisor, sup)
+        await asyncio.to_thread(stop_supervisor, sup)
         shutil.rmtree(d, ignore_errors=True)
     order = ("supervisor", "zygote", "emulator", *SERVICES)
     roles = sorted(series, key=lambda r: order.index(r) if r in order else len(order))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +16,7 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -47,3 +52,23 @@ def save(name: str, data: dict[str, Any]) -> Path:
     }
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+def start_supervisor(cfg: Path, log_path: Path) -> subprocess.Popen[bytes]:
+    """``navtalk-agent run --config cfg`` from the checkout, its output in ``log_path``."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(cfg)],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+        )  # fmt: skip
+
+
+def stop_supervisor(sup: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    sup.send_signal(signal.SIGTERM)
+    try:
+        sup.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        sup.kill()
+        sup.wait()
