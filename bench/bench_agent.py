@@ -31,14 +31,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import topics
-from agent.bus import Bus
 from agent.config import bus_toml, load
 from bench.bench_soak import (
     SERVICES,
     Guest,
     SpawnLog,
     _bus_settings,
+    guest_on_bus,
     processes,
     read_proc,
 )
@@ -129,14 +128,7 @@ async def bench(args: argparse.Namespace, log_path: Path) -> dict[str, Any]:
     sup = start_supervisor(cfg, log_path)
     samples: dict[str, list[dict[str, float]]] = {}
     try:
-        bus = Bus(settings.bus, "bench-agent")
-        bus.subscribe("health.", topics.SESSION_STATE, topics.NAVTALK_TRANSCRIPT_ASSISTANT,
-                      topics.TOOL_CALL, topics.TOOL_RESULT)  # fmt: skip
-        await bus.start(timeout=30)
-        guest = Guest(bus)
-        reader = asyncio.create_task(guest.run())
-        if not await guest.until(lambda: all(s in guest.pid for s in SERVICES), 90):
-            raise RuntimeError(f"services up: {sorted(guest.pid)} of {SERVICES}")
+        bus, guest, reader = await guest_on_bus(settings, "bench-agent")
         t_up = time.monotonic()
         start_at = t_up + args.warmup
         stop_at = start_at + args.seconds

@@ -50,7 +50,7 @@ import numpy as np
 
 from agent import topics
 from agent.bus import Bus
-from agent.config import BusSettings, ControlPlane, MediaPlane, bus_toml, load
+from agent.config import BusSettings, ControlPlane, MediaPlane, Settings, bus_toml, load
 from agent.messages import (
     AssistantTranscript,
     Heartbeat,
@@ -350,6 +350,19 @@ def _log_counts(text: str) -> dict[str, int]:
     }
 
 
+async def guest_on_bus(settings: Settings, sender: str) -> tuple[Bus, Guest, asyncio.Task[None]]:
+    """The guest's bus client, reading, once every service of a default profile is up."""
+    bus = Bus(settings.bus, sender)
+    bus.subscribe("health.", topics.SESSION_STATE, topics.NAVTALK_TRANSCRIPT_ASSISTANT,
+                  topics.TOOL_CALL, topics.TOOL_RESULT)  # fmt: skip
+    await bus.start(timeout=30)
+    guest = Guest(bus)
+    reader = asyncio.create_task(guest.run())
+    if not await guest.until(lambda: all(s in guest.pid for s in SERVICES), 90):
+        raise RuntimeError(f"services up: {sorted(guest.pid)} of {SERVICES}")
+    return bus, guest, reader
+
+
 async def bench(minutes: float, every_s: float, ask_every_s: float, warmup_s: float,
                 video: bool, log_path: Path) -> dict[str, Any]:  # fmt: skip
     d = tempfile.mkdtemp(prefix="nts-")
@@ -360,14 +373,7 @@ async def bench(minutes: float, every_s: float, ask_every_s: float, warmup_s: fl
     pids: dict[str, set[int]] = {}
     loadavg: list[list[float]] = []
     try:
-        bus = Bus(settings.bus, "soak")
-        bus.subscribe("health.", topics.SESSION_STATE, topics.NAVTALK_TRANSCRIPT_ASSISTANT,
-                      topics.TOOL_CALL, topics.TOOL_RESULT)  # fmt: skip
-        await bus.start(timeout=30)
-        guest = Guest(bus)
-        reader = asyncio.create_task(guest.run())
-        if not await guest.until(lambda: all(s in guest.pid for s in SERVICES), 90):
-            raise RuntimeError(f"services up: {sorted(guest.pid)} of {SERVICES}")
+        bus, guest, reader = await guest_on_bus(settings, "soak")
         t_start = time.monotonic()
         stop_at = t_start + minutes * 60
         print(f"soak: {minutes:g} min, sampling every {every_s:g} s, a question every "
