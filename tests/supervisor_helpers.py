@@ -9,9 +9,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from agent.bus import Bus
+from agent.bus import Bus, Delivery
 from agent.config import BusSettings, bus_toml
 from agent.messages import Heartbeat
 
@@ -117,3 +118,34 @@ def spawn_tools(config: Path, log: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+class Tap:
+    """Everything a test's bus client receives, in arrival order, and waits on it."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.seen: list[Delivery] = []
+        self._grew = asyncio.Event()
+
+    async def pump(self) -> None:
+        async for d in self.bus:
+            self.seen.append(d)
+            self._grew.set()
+
+    async def wait(
+        self, what: str, pred: Callable[[Delivery], bool], start: int = 0, timeout: float = 20.0
+    ) -> int:
+        """Index of the first delivery at or after ``start`` that ``pred`` accepts."""
+        i = start
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    while i < len(self.seen):
+                        if pred(self.seen[i]):
+                            return i
+                        i += 1
+                    self._grew.clear()
+                    await self._grew.wait()
+        except TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}") from None

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +52,7 @@ from agent.messages import (
 )
 from agent.video.peer import sdp_candidate_addresses
 from tests.conftest import free_port, ipc_bus_settings
-from tests.supervisor_helpers import alive, bus_toml
+from tests.supervisor_helpers import Tap, alive, bus_toml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -85,35 +85,6 @@ def _loud_voice(d: Delivery, topic: str = topics.AUDIO_OUT, sender: str = "displ
         and bool(d.payload)
         and _rms(d.payload[0]) > LOUD_RMS
     )
-
-
-class Tap:
-    """Everything the subscribed topics carry, in arrival order, and waits on it."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.seen: list[Delivery] = []
-        self._grew = asyncio.Event()
-
-    async def pump(self) -> None:
-        async for d in self.bus:
-            self.seen.append(d)
-            self._grew.set()
-
-    async def wait(self, what: str, pred: Callable[[Delivery], bool], start: int = 0) -> int:
-        """Index of the first delivery at or after ``start`` that ``pred`` accepts."""
-        i = start
-        try:
-            async with asyncio.timeout(STEP_S):
-                while True:
-                    while i < len(self.seen):
-                        if pred(self.seen[i]):
-                            return i
-                        i += 1
-                    self._grew.clear()
-                    await self._grew.wait()
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}") from None
 
 
 @dataclass

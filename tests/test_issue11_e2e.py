@@ -55,7 +55,7 @@ from agent.emulator.server import Emulator
 from agent.messages import Heartbeat, SdpMessage, SpeakerState
 from agent.navtalk.settings import EmulatorSettings
 from tests.conftest import ipc_bus_settings
-from tests.supervisor_helpers import bus_toml
+from tests.supervisor_helpers import Tap, bus_toml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -97,36 +97,6 @@ class Run:
 
     def count(self, kind: str) -> int:
         return sum(1 for k, _ in self.frames if k == kind)
-
-
-class Tap:
-    """What the test's bus client receives, in order, and waits on it."""
-
-    def __init__(self, bus: Bus) -> None:
-        self.seen: list[Delivery] = []
-        self._grew = asyncio.Event()
-        self._bus = bus
-
-    async def pump(self) -> None:
-        async for d in self._bus:
-            self.seen.append(d)
-            self._grew.set()
-
-    async def wait(
-        self, what: str, pred: Callable[[Delivery], bool], start: int = 0, timeout: float = STEP_S
-    ) -> int:
-        i = start
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    while i < len(self.seen):
-                        if pred(self.seen[i]):
-                            return i
-                        i += 1
-                    self._grew.clear()
-                    await self._grew.wait()
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def _beat_of(service: str) -> Callable[[Delivery], bool]:
